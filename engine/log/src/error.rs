@@ -1,0 +1,51 @@
+//! The log's errors: conflicts the caller can act on, and failures it cannot.
+
+use std::sync::Arc;
+
+use spool_schemas::{DecodeError, StreamName, TenantId};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An append stated a stream version the stream is not at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionConflict {
+    pub tenant: TenantId,
+    pub stream: StreamName,
+    pub expected: u64,
+    pub actual: u64,
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing of the append was written.
+    #[error(
+        "stream {} of tenant {} is at version {}, the append expected {}",
+        .0.stream, .0.tenant, .0.actual, .0.expected
+    )]
+    Conflict(Box<VersionConflict>),
+    /// The append itself is malformed (for example, a stream name too long
+    /// for the backend); nothing was written.
+    #[error("invalid append: {0}")]
+    Invalid(String),
+    /// The store failed; the append may or may not be durable only if the
+    /// failure happened during commit, and a retry with the same event ids
+    /// is always safe.
+    #[error("log storage failed: {0}")]
+    Storage(Arc<sqlx::Error>),
+    /// A stored event cannot be read back.
+    #[error("stored event at position {position} cannot be decoded: {source}")]
+    Decode {
+        position: u64,
+        #[source]
+        source: Arc<DecodeError>,
+    },
+    /// The log is shutting down or its writer stopped.
+    #[error("the log is closed")]
+    Closed,
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Storage(Arc::new(error))
+    }
+}

@@ -1,0 +1,67 @@
+//! The event log: one ordered, durable sequence of events that everything
+//! in Spool is appended to and folded from.
+//!
+//! [`Log`] is the contract every backend keeps (see ARCHITECTURE.md for the
+//! five guarantees); [`MemoryLog`] serves unit tests and [`SqliteLog`] is the
+//! embedded default. The conformance suite in [`conformance`] is run by every
+//! backend.
+
+mod error;
+mod filter;
+mod memory;
+mod model;
+mod plan;
+mod sqlite;
+mod tail;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use error::{Error, Result, VersionConflict};
+pub use filter::{Filter, TypeFilter};
+pub use memory::MemoryLog;
+pub use model::{Append, Appended, Expected, NewEvent, ReadBatch, StoredEvent};
+pub use sqlite::{Durability, SqliteLog, SqliteOptions};
+pub use tail::tail;
+
+use spool_schemas::{EventId, Position, StreamName, TenantId};
+use tokio::sync::watch;
+
+/// The contract every backend keeps. Used as `Arc<dyn Log>` by the API and
+/// the projection runner, which choose a backend at run time.
+#[async_trait::async_trait]
+pub trait Log: Send + Sync + 'static {
+    /// Appends all events of `append` atomically, or none of them.
+    ///
+    /// Returns once the events are durable, one [`Appended`] per event in
+    /// order. An event whose id is already stored is not written again; its
+    /// stored position is returned with `already_stored` set. When every
+    /// event of the append is already stored the append is taken as a retry
+    /// of one that succeeded and its expectations are not checked again.
+    async fn append(&self, append: Append) -> Result<Vec<Appended>>;
+
+    /// Events after `after` that match `filter`, in log order, at most
+    /// `limit` of them. Examines a bounded window of the log per call;
+    /// [`ReadBatch::scanned_to`] says where to continue.
+    async fn read(&self, after: Position, limit: usize, filter: &Filter) -> Result<ReadBatch>;
+
+    /// The events of one stream from `from_version` (inclusive), in order.
+    async fn read_stream(
+        &self,
+        tenant: TenantId,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>>;
+
+    /// One event by id.
+    async fn find(&self, id: EventId) -> Result<Option<StoredEvent>>;
+
+    /// The position of the last stored event (`Position::ZERO` when empty),
+    /// as a watch that changes whenever the log grows. Tailing waits on it.
+    fn head(&self) -> watch::Receiver<Position>;
+
+    /// Stops accepting appends, finishes the ones already queued, and
+    /// returns when they are durable.
+    async fn close(&self) -> Result<()>;
+}

@@ -1,0 +1,343 @@
+//! The embedded default: the log in one SQLite file in WAL mode.
+//!
+//! One writer task owns the only write connection and commits concurrent
+//! appends together (group commit): each caller is answered after the
+//! fsync of the transaction holding its events. Readers use a separate
+//! pool of read-only connections and never wait for the writer.
+//!
+//! Layout, chosen because index layout decides the append rate here: events
+//! are keyed by their position (the rowid), ids are 16-byte time-ordered
+//! blobs, and streams are small integers mapped in a `streams` table, so
+//! every index grows at its right edge or stays small.
+
+mod rows;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use spool_schemas::{EventId, Position, StreamName, TenantId};
+use sqlx::ConnectOptions;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::{Append, Appended, Error, Filter, Log, ReadBatch, Result, StoredEvent, TypeFilter};
+
+use rows::{SELECT_EVENTS, decode_row};
+use writer::{Reply, WriteRequest, Writer};
+
+/// How many positions one [`Log::read`] examines at most.
+const READ_WINDOW: u64 = 10_000;
+
+/// When an append is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// After the WAL is fsynced: survives power loss (`synchronous=FULL`).
+    #[default]
+    Full,
+    /// After the write reaches the OS: survives the process being killed,
+    /// not the machine losing power (`synchronous=NORMAL`).
+    Normal,
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub durability: Durability,
+    /// The most events one group commit writes.
+    pub max_group_events: usize,
+    /// Read-only: no writer task, appends fail with [`Error::Closed`]. For
+    /// operators' tools that read a log a server is writing.
+    pub read_only: bool,
+    /// How often to look for appends made by another process, whose
+    /// appends cannot wake this process's tailers directly.
+    pub foreign_append_poll: Duration,
+    pub read_connections: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            durability: Durability::Full,
+            max_group_events: 8_192,
+            read_only: false,
+            foreign_append_poll: Duration::from_millis(200),
+            read_connections: 4,
+        }
+    }
+}
+
+pub struct SqliteLog {
+    path: PathBuf,
+    requests: Mutex<Option<mpsc::Sender<(WriteRequest, Reply)>>>,
+    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    readers: SqlitePool,
+    head: Arc<watch::Sender<Position>>,
+    foreign_poll: JoinHandle<()>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id INTEGER PRIMARY KEY,
+    tenant    BLOB NOT NULL,
+    name      TEXT NOT NULL,
+    UNIQUE (tenant, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY,
+    id             BLOB NOT NULL UNIQUE,
+    stream_id      INTEGER NOT NULL,
+    stream_version INTEGER NOT NULL,
+    recorded_at    INTEGER NOT NULL,
+    type           TEXT NOT NULL,
+    v              INTEGER NOT NULL,
+    causation_id   BLOB,
+    correlation_id BLOB,
+    data           TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream_id, stream_version);
+";
+
+impl SqliteLog {
+    /// Opens (creating if needed) the log at `path`. A file left by a killed
+    /// process opens cleanly: SQLite recovers the WAL.
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteLog> {
+        let path = path.as_ref().to_owned();
+        let base = SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-65536");
+
+        let mut head_position = Position::ZERO;
+        let (requests, writer) = if options.read_only {
+            (None, None)
+        } else {
+            let synchronous = match options.durability {
+                Durability::Full => SqliteSynchronous::Full,
+                Durability::Normal => SqliteSynchronous::Normal,
+            };
+            let mut connection = base
+                .clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(synchronous)
+                .connect()
+                .await?;
+            for statement in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
+                sqlx::query(statement).execute(&mut connection).await?;
+            }
+            let writer = Writer::new(connection, options.max_group_events).await?;
+            head_position = writer.head();
+            let (sender, receiver) = mpsc::channel(4_096);
+            (Some(sender), Some((writer, receiver)))
+        };
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .connect_with(base.read_only(true))
+            .await?;
+        if options.read_only {
+            head_position = max_position(&readers).await?;
+        }
+        let head = Arc::new(watch::Sender::new(head_position));
+        let writer =
+            writer.map(|(writer, receiver)| tokio::spawn(writer.run(receiver, head.clone())));
+        let foreign_poll = tokio::spawn(poll_foreign_appends(
+            readers.clone(),
+            head.clone(),
+            options.foreign_append_poll,
+        ));
+        Ok(SqliteLog {
+            path,
+            requests: Mutex::new(requests),
+            writer: tokio::sync::Mutex::new(writer),
+            readers,
+            head,
+            foreign_poll,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn fetch(
+        &self,
+        sql: &str,
+        bind: impl FnOnce(SqlQuery<'_>) -> SqlQuery<'_>,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows = bind(sqlx::query(sql)).fetch_all(&self.readers).await?;
+        rows.iter().map(decode_row).collect()
+    }
+}
+
+type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+async fn max_position(pool: &SqlitePool) -> Result<Position> {
+    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(pool)
+        .await?;
+    Ok(Position(max as u64))
+}
+
+/// Another process (the `spool` CLI, say) may append to the same file; its
+/// appends cannot wake this process's tailers, so they are looked for here.
+async fn poll_foreign_appends(
+    pool: SqlitePool,
+    head: Arc<watch::Sender<Position>>,
+    every: Duration,
+) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        // A missing table (a read-only open racing the first writer) or a
+        // busy file is retried on the next tick.
+        if let Ok(position) = max_position(&pool).await {
+            head.send_if_modified(|current| {
+                let grew = position > *current;
+                if grew {
+                    *current = position;
+                }
+                grew
+            });
+        }
+    }
+}
+
+impl Drop for SqliteLog {
+    fn drop(&mut self) {
+        self.foreign_poll.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl Log for SqliteLog {
+    async fn append(&self, append: Append) -> Result<Vec<Appended>> {
+        if append.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sender = self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let sender = sender.ok_or(Error::Closed)?;
+        // Encoding happens here, on the caller's task, so that the single
+        // writer only writes.
+        let request = WriteRequest::new(append)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send((request, reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn read(&self, after: Position, limit: usize, filter: &Filter) -> Result<ReadBatch> {
+        // Everything at or below the head is committed, so bounding the
+        // query by it never skips an event a later read would miss.
+        let head = *self.head.borrow();
+        let upper = Position((after.0 + READ_WINDOW).min(head.0));
+        if upper <= after || limit == 0 {
+            return Ok(ReadBatch {
+                events: Vec::new(),
+                scanned_to: after.max(upper.min(after)),
+            });
+        }
+        let mut sql = format!("{SELECT_EVENTS} WHERE e.position > ? AND e.position <= ?");
+        if filter.tenant.is_some() {
+            sql.push_str(" AND s.tenant = ?");
+        }
+        if filter.stream.is_some() {
+            sql.push_str(" AND s.name = ?");
+        }
+        if !filter.types.is_empty() {
+            let clauses: Vec<&str> = filter
+                .types
+                .iter()
+                .map(|t| match t {
+                    TypeFilter::Exact(_) => "e.type = ?",
+                    TypeFilter::Prefix(_) => "substr(e.type, 1, ?) = ?",
+                })
+                .collect();
+            sql.push_str(&format!(" AND ({})", clauses.join(" OR ")));
+        }
+        sql.push_str(" ORDER BY e.position LIMIT ?");
+        let events = self
+            .fetch(&sql, |mut query| {
+                query = query.bind(after.0 as i64).bind(upper.0 as i64);
+                if let Some(tenant) = filter.tenant {
+                    query = query.bind(tenant.as_bytes().to_vec());
+                }
+                if let Some(stream) = &filter.stream {
+                    query = query.bind(stream.as_str().to_owned());
+                }
+                for type_filter in &filter.types {
+                    query = match type_filter {
+                        TypeFilter::Exact(name) => query.bind(name.clone()),
+                        TypeFilter::Prefix(prefix) => query
+                            .bind(prefix.chars().count() as i64)
+                            .bind(prefix.clone()),
+                    };
+                }
+                query.bind(limit as i64)
+            })
+            .await?;
+        let scanned_to = match events.last() {
+            Some(last) if events.len() == limit => last.position,
+            _ => upper,
+        };
+        Ok(ReadBatch { events, scanned_to })
+    }
+
+    async fn read_stream(
+        &self,
+        tenant: TenantId,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "{SELECT_EVENTS} WHERE e.stream_id = \
+             (SELECT stream_id FROM streams WHERE tenant = ? AND name = ?) \
+             AND e.stream_version >= ? ORDER BY e.stream_version LIMIT ?"
+        );
+        self.fetch(&sql, |query| {
+            query
+                .bind(tenant.as_bytes().to_vec())
+                .bind(stream.as_str().to_owned())
+                .bind(from_version as i64)
+                .bind(limit as i64)
+        })
+        .await
+    }
+
+    async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {
+        let sql = format!("{SELECT_EVENTS} WHERE e.id = ?");
+        let mut found = self
+            .fetch(&sql, |query| query.bind(id.as_bytes().to_vec()))
+            .await?;
+        Ok(found.pop())
+    }
+
+    fn head(&self) -> watch::Receiver<Position> {
+        self.head.subscribe()
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Dropping the last sender lets the writer drain its queue and stop.
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(writer) = self.writer.lock().await.take() {
+            writer.await.map_err(|_| Error::Closed)?;
+        }
+        self.readers.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,382 @@
+//! The single writer: drains queued appends into one transaction per group,
+//! commits (fsync), then answers every caller in the group.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use spool_schemas::{EventId, Position, StreamName, TenantId};
+use sqlx::Row as _;
+use sqlx::sqlite::SqliteConnection;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::plan::plan;
+use crate::{Append, Appended, Error, Result};
+
+/// Rows per multi-row INSERT: fewer round trips to SQLite's thread, well
+/// under its limit on bound parameters.
+const ROWS_PER_INSERT: usize = 100;
+/// Bound on the stream cache; past it the cache starts over.
+const MAX_CACHED_STREAMS: usize = 100_000;
+
+/// One event encoded for storage, done on the caller's task.
+pub(super) struct EncodedEvent {
+    recorded_at_us: i64,
+    type_name: String,
+    version: i64,
+    data: String,
+}
+
+pub(super) struct WriteRequest {
+    append: Append,
+    encoded: Vec<EncodedEvent>,
+}
+
+impl WriteRequest {
+    pub(super) fn new(append: Append) -> Result<WriteRequest> {
+        let encoded = append
+            .events
+            .iter()
+            .map(|event| EncodedEvent {
+                recorded_at_us: event.recorded_at.timestamp_micros(),
+                type_name: event.event.type_name().to_owned(),
+                version: i64::from(event.event.version()),
+                data: event.event.data_json(),
+            })
+            .collect();
+        Ok(WriteRequest { append, encoded })
+    }
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>>>;
+
+#[derive(Clone, Copy)]
+struct CachedStream {
+    /// `None` until the stream's first event is written.
+    id: Option<i64>,
+    version: u64,
+}
+
+pub(super) struct Writer {
+    connection: SqliteConnection,
+    head: Position,
+    streams: HashMap<(TenantId, StreamName), CachedStream>,
+    next_stream_id: i64,
+    max_group_events: usize,
+    /// Set when a transaction failed: the caches may hold what was rolled back.
+    stale: bool,
+}
+
+/// One row to insert, borrowing from the request that carries it.
+struct EventRow<'a> {
+    position: i64,
+    id: &'a EventId,
+    stream_id: i64,
+    stream_version: i64,
+    causation_id: Option<&'a EventId>,
+    correlation_id: Option<&'a EventId>,
+    encoded: &'a EncodedEvent,
+}
+
+impl Writer {
+    pub(super) async fn new(
+        connection: SqliteConnection,
+        max_group_events: usize,
+    ) -> Result<Writer> {
+        let mut writer = Writer {
+            connection,
+            head: Position::ZERO,
+            streams: HashMap::new(),
+            next_stream_id: 1,
+            max_group_events: max_group_events.max(1),
+            stale: true,
+        };
+        writer.reload().await?;
+        Ok(writer)
+    }
+
+    pub(super) fn head(&self) -> Position {
+        self.head
+    }
+
+    async fn db_head(&mut self) -> Result<Position> {
+        let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&mut self.connection)
+            .await?;
+        Ok(Position(max as u64))
+    }
+
+    async fn reload(&mut self) -> Result<()> {
+        self.streams.clear();
+        self.head = self.db_head().await?;
+        let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(stream_id), 0) FROM streams")
+            .fetch_one(&mut self.connection)
+            .await?;
+        self.next_stream_id = max + 1;
+        self.stale = false;
+        Ok(())
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<(WriteRequest, Reply)>,
+        head: std::sync::Arc<watch::Sender<Position>>,
+    ) {
+        while let Some(first) = requests.recv().await {
+            let mut n_events = first.0.append.events.len();
+            let mut group = vec![first];
+            while n_events < self.max_group_events {
+                match requests.try_recv() {
+                    Ok(next) => {
+                        n_events += next.0.append.events.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let (requests_in_group, replies): (Vec<WriteRequest>, Vec<Reply>) =
+                group.into_iter().unzip();
+            let answers = self.write_group(&requests_in_group).await;
+            metrics::histogram!("spool_log_group_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("spool_log_group_events").record(n_events as f64);
+            head.send_if_modified(|current| {
+                let grew = self.head > *current;
+                if grew {
+                    *current = self.head;
+                }
+                grew
+            });
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // The caller may have given up waiting; the events are stored
+                // regardless, and a retry with the same ids finds them.
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Writes every acceptable request of the group in one transaction.
+    async fn write_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Vec<Appended>>> {
+        match self.try_write_group(group).await {
+            Ok(answers) => answers,
+            Err(error) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut self.connection).await;
+                self.stale = true;
+                tracing::error!(%error, "log group commit failed");
+                group.iter().map(|_| Err(error.clone())).collect()
+            }
+        }
+    }
+
+    async fn try_write_group(
+        &mut self,
+        group: &[WriteRequest],
+    ) -> Result<Vec<Result<Vec<Appended>>>> {
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.connection)
+            .await?;
+        // Another process may have appended since our last commit; our
+        // caches are only valid if the head is where we left it.
+        if self.stale || self.db_head().await? != self.head {
+            self.reload().await?;
+        }
+        if self.streams.len() > MAX_CACHED_STREAMS {
+            self.streams.clear();
+        }
+        let mut stored = self.stored_ids(group).await?;
+        self.load_streams(group).await?;
+
+        let mut next = self.head.next();
+        let mut answers = Vec::with_capacity(group.len());
+        let mut rows = Vec::new();
+        let mut new_streams: Vec<(i64, TenantId, &StreamName)> = Vec::new();
+        for request in group {
+            let streams = &self.streams;
+            let decided = plan(
+                &request.append,
+                next,
+                |id| stored.get(id).copied(),
+                |tenant, stream| {
+                    streams
+                        .get(&(tenant, stream.clone()))
+                        .map_or(0, |s| s.version)
+                },
+            );
+            let decided = match decided {
+                Ok(decided) => decided,
+                Err(error) => {
+                    answers.push(Err(error));
+                    continue;
+                }
+            };
+            for (key, version) in decided.stream_versions {
+                let entry = self.streams.entry(key).or_insert(CachedStream {
+                    id: None,
+                    version: 0,
+                });
+                entry.version = version;
+            }
+            for &index in &decided.writes {
+                let event = &request.append.events[index];
+                let result = decided.results[index];
+                let cached = self
+                    .streams
+                    .get_mut(&(event.tenant, event.stream.clone()))
+                    .expect("planned streams are cached");
+                let stream_id = match cached.id {
+                    Some(id) => id,
+                    None => {
+                        let id = self.next_stream_id;
+                        self.next_stream_id += 1;
+                        cached.id = Some(id);
+                        new_streams.push((id, event.tenant, &event.stream));
+                        id
+                    }
+                };
+                stored.insert(event.id, result);
+                rows.push(EventRow {
+                    position: result.position.0 as i64,
+                    id: &event.id,
+                    stream_id,
+                    stream_version: result.stream_version as i64,
+                    causation_id: event.causation_id.as_ref(),
+                    correlation_id: event.correlation_id.as_ref(),
+                    encoded: &request.encoded[index],
+                });
+                next = result.position.next();
+            }
+            answers.push(Ok(decided.results));
+        }
+
+        insert_streams(&mut self.connection, &new_streams).await?;
+        insert_rows(&mut self.connection, &rows).await?;
+        sqlx::query("COMMIT").execute(&mut self.connection).await?;
+        self.head = Position(next.0 - 1);
+        metrics::counter!("spool_log_appended_events_total").increment(rows.len() as u64);
+        Ok(answers)
+    }
+
+    /// The ids of the group that are already stored, with where they are.
+    async fn stored_ids(&mut self, group: &[WriteRequest]) -> Result<HashMap<EventId, Appended>> {
+        let ids: Vec<&EventId> = group
+            .iter()
+            .flat_map(|r| r.append.events.iter().map(|e| &e.id))
+            .collect();
+        let mut stored = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, position, stream_version FROM events WHERE id IN ({})",
+                placeholders(chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.as_bytes().as_slice());
+            }
+            for row in query.fetch_all(&mut self.connection).await? {
+                let bytes: [u8; 16] = row
+                    .try_get::<&[u8], _>(0)?
+                    .try_into()
+                    .map_err(|_| Error::Invalid("a stored event id is not 16 bytes".to_owned()))?;
+                let id = EventId::from_bytes(bytes);
+                let appended = Appended {
+                    id,
+                    position: Position(row.try_get::<i64, _>(1)? as u64),
+                    stream_version: row.try_get::<i64, _>(2)? as u64,
+                    already_stored: true,
+                };
+                stored.insert(id, appended);
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Brings every stream the group touches into the cache.
+    async fn load_streams(&mut self, group: &[WriteRequest]) -> Result<()> {
+        for request in group {
+            let append = &request.append;
+            let named = append
+                .events
+                .iter()
+                .map(|e| (e.tenant, &e.stream))
+                .chain(append.expected.iter().map(|e| (e.tenant, &e.stream)));
+            for (tenant, stream) in named {
+                let key = (tenant, stream.clone());
+                if self.streams.contains_key(&key) {
+                    continue;
+                }
+                let row = sqlx::query(
+                    "SELECT s.stream_id, \
+                     (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = s.stream_id) \
+                     FROM streams s WHERE s.tenant = ? AND s.name = ?",
+                )
+                .bind(tenant.as_bytes().as_slice())
+                .bind(stream.as_str())
+                .fetch_optional(&mut self.connection)
+                .await?;
+                let cached = match row {
+                    Some(row) => CachedStream {
+                        id: Some(row.try_get(0)?),
+                        version: row.try_get::<i64, _>(1)? as u64,
+                    },
+                    None => CachedStream {
+                        id: None,
+                        version: 0,
+                    },
+                };
+                self.streams.insert(key, cached);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn placeholders(n: usize) -> String {
+    let mut text = "?,".repeat(n);
+    text.pop();
+    text
+}
+
+async fn insert_streams(
+    connection: &mut SqliteConnection,
+    streams: &[(i64, TenantId, &StreamName)],
+) -> Result<()> {
+    for chunk in streams.chunks(ROWS_PER_INSERT) {
+        let values = vec!["(?, ?, ?)"; chunk.len()].join(",");
+        let sql = format!("INSERT INTO streams (stream_id, tenant, name) VALUES {values}");
+        let mut query = sqlx::query(&sql);
+        for (id, tenant, name) in chunk {
+            query = query
+                .bind(*id)
+                .bind(tenant.as_bytes().as_slice())
+                .bind(name.as_str());
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
+async fn insert_rows(connection: &mut SqliteConnection, rows: &[EventRow<'_>]) -> Result<()> {
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
+        let sql = format!(
+            "INSERT INTO events (position, id, stream_id, stream_version, recorded_at, type, v, \
+             causation_id, correlation_id, data) VALUES {values}"
+        );
+        let mut query = sqlx::query(&sql);
+        for row in chunk {
+            query = query
+                .bind(row.position)
+                .bind(row.id.as_bytes().as_slice())
+                .bind(row.stream_id)
+                .bind(row.stream_version)
+                .bind(row.encoded.recorded_at_us)
+                .bind(row.encoded.type_name.as_str())
+                .bind(row.encoded.version)
+                .bind(row.causation_id.map(|id| id.as_bytes().as_slice()))
+                .bind(row.correlation_id.map(|id| id.as_bytes().as_slice()))
+                .bind(row.encoded.data.as_str());
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,47 @@
+//! Spool's shared vocabulary: typed ids, validated names, the closed event
+//! enum with its versions, and the envelope events are stored in.
+//!
+//! This crate knows nothing about storage, HTTP or time sources: it only
+//! says what an event is and how it reads and writes as JSON.
+
+mod compat;
+mod envelope;
+mod events;
+mod ids;
+mod names;
+
+pub use envelope::{Envelope, Position};
+pub use events::{
+    APP_EVENT_VERSION, ApiCall, AppEvent, DecodeError, Event, KeyCreated, KeyRevoked, Payload,
+    TenantCreated,
+};
+pub use ids::{EventId, IdError, KeyId, TenantId};
+pub use names::{AppEventType, NameError, RESERVED_NAMESPACES, Scope, StreamName};
+
+/// The JSON Schema files under `schemas/json/`, generated from the Rust
+/// types: `(file name, pretty JSON)`. A test fails when the files drift.
+pub fn json_schemas() -> Vec<(String, String)> {
+    fn render(schema: schemars::Schema) -> String {
+        let mut text = serde_json::to_string_pretty(&schema).expect("schemas serialize");
+        text.push('\n');
+        text
+    }
+    fn payload<P: Payload>() -> (String, String) {
+        let mut schema = schemars::schema_for!(P);
+        schema.insert(
+            "title".into(),
+            format!("{} v{}", P::TYPE, P::VERSION).into(),
+        );
+        (format!("{}.schema.json", P::TYPE), render(schema))
+    }
+    vec![
+        (
+            "envelope.schema.json".to_owned(),
+            render(schemars::schema_for!(envelope::EnvelopeJson)),
+        ),
+        payload::<TenantCreated>(),
+        payload::<KeyCreated>(),
+        payload::<KeyRevoked>(),
+        payload::<ApiCall>(),
+    ]
+}
