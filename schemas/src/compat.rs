@@ -28,10 +28,7 @@ pub(crate) fn upgrade(
                 object
             }
             _ => {
-                return Err(DecodeError::NoUpgrade {
-                    type_name: type_name.to_owned(),
-                    version,
-                });
+                return Err(DecodeError::NoUpgrade { type_name: type_name.to_owned(), version });
             }
         };
     }
@@ -46,9 +43,8 @@ mod tests {
     #[test]
     fn a_v1_key_created_reads_as_an_admin_key_without_expiry() {
         let v1 = r#"{"key_id":"key_0192b7a0c1d27e3a9f1b2c3d4e5f6071","name":"bootstrap","secret_hash":"ab"}"#;
-        let Event::KeyCreated(KeyCreated {
-            scopes, expires_at, ..
-        }) = Event::decode("key.created", 1, v1).unwrap()
+        let Event::KeyCreated(KeyCreated { scopes, expires_at, .. }) =
+            Event::decode("key.created", 1, v1).unwrap()
         else {
             panic!("not a key.created");
         };

@@ -167,10 +167,7 @@ mod tests {
             let json = serde_json::to_value(&original).unwrap();
             assert_eq!(json["type"], original.event.type_name());
             assert_eq!(json["position"], 42);
-            assert!(
-                json.get("causation_id").is_none(),
-                "absent ids are omitted: {json}"
-            );
+            assert!(json.get("causation_id").is_none(), "absent ids are omitted: {json}");
             let back: Envelope = serde_json::from_value(json).unwrap();
             assert_eq!(back, original);
         }

@@ -108,11 +108,7 @@ pub enum DecodeError {
     #[error("event type {0:?} is neither one of Spool's nor a valid app event type")]
     UnknownType(String),
     #[error("{type_name} v{version} is newer than this build understands (v{known})")]
-    FutureVersion {
-        type_name: String,
-        version: u32,
-        known: u32,
-    },
+    FutureVersion { type_name: String, version: u32, known: u32 },
     #[error("{type_name} v{version} has no upgrade to the next version")]
     NoUpgrade { type_name: String, version: u32 },
     #[error("{type_name} v{version} payload is malformed: {source}")]
@@ -126,12 +122,8 @@ pub enum DecodeError {
 
 impl Event {
     /// The type names of Spool's own payloads, for schema generation and docs.
-    pub const SPOOL_TYPES: [&'static str; 4] = [
-        TenantCreated::TYPE,
-        KeyCreated::TYPE,
-        KeyRevoked::TYPE,
-        ApiCall::TYPE,
-    ];
+    pub const SPOOL_TYPES: [&'static str; 4] =
+        [TenantCreated::TYPE, KeyCreated::TYPE, KeyRevoked::TYPE, ApiCall::TYPE];
 
     pub fn type_name(&self) -> &str {
         match self {
@@ -211,11 +203,8 @@ impl Event {
 }
 
 fn decode_payload<P: Payload>(version: u32, data: &str) -> Result<P, DecodeError> {
-    let malformed = |source| DecodeError::Malformed {
-        type_name: P::TYPE.to_owned(),
-        version,
-        source,
-    };
+    let malformed =
+        |source| DecodeError::Malformed { type_name: P::TYPE.to_owned(), version, source };
     if version == P::VERSION {
         return serde_json::from_str(data).map_err(malformed);
     }

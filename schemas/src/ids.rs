@@ -163,27 +163,14 @@ mod tests {
         assert_eq!(error.kind, "event");
         assert!(error.to_string().contains("evt_"));
         assert!("evt_xyz".parse::<EventId>().is_err());
-        assert!(
-            "evt_0123456789abcdef0123456789abcdeg"
-                .parse::<EventId>()
-                .is_err()
-        );
+        assert!("evt_0123456789abcdef0123456789abcdeg".parse::<EventId>().is_err());
     }
 
     #[test]
     fn client_ids_are_stable_per_tenant_and_distinct_across_tenants() {
         let (a, b) = (TenantId::new(), TenantId::new());
-        assert_eq!(
-            EventId::from_client_id(a, "order-1"),
-            EventId::from_client_id(a, "order-1")
-        );
-        assert_ne!(
-            EventId::from_client_id(a, "order-1"),
-            EventId::from_client_id(b, "order-1")
-        );
-        assert_ne!(
-            EventId::from_client_id(a, "order-1"),
-            EventId::from_client_id(a, "order-2")
-        );
+        assert_eq!(EventId::from_client_id(a, "order-1"), EventId::from_client_id(a, "order-1"));
+        assert_ne!(EventId::from_client_id(a, "order-1"), EventId::from_client_id(b, "order-1"));
+        assert_ne!(EventId::from_client_id(a, "order-1"), EventId::from_client_id(a, "order-2"));
     }
 }

@@ -28,17 +28,11 @@ pub fn json_schemas() -> Vec<(String, String)> {
     }
     fn payload<P: Payload>() -> (String, String) {
         let mut schema = schemars::schema_for!(P);
-        schema.insert(
-            "title".into(),
-            format!("{} v{}", P::TYPE, P::VERSION).into(),
-        );
+        schema.insert("title".into(), format!("{} v{}", P::TYPE, P::VERSION).into());
         (format!("{}.schema.json", P::TYPE), render(schema))
     }
     vec![
-        (
-            "envelope.schema.json".to_owned(),
-            render(schemars::schema_for!(envelope::EnvelopeJson)),
-        ),
+        ("envelope.schema.json".to_owned(), render(schemars::schema_for!(envelope::EnvelopeJson))),
         payload::<TenantCreated>(),
         payload::<KeyCreated>(),
         payload::<KeyRevoked>(),

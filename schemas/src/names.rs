@@ -55,16 +55,20 @@ impl StreamName {
             None
         };
         match rule {
-            Some(rule) => Err(NameError {
-                kind: "stream name",
-                value: name,
-                rule,
-            }),
+            Some(rule) => Err(NameError { kind: "stream name", value: name, rule }),
             None => Ok(Self(name)),
         }
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets maps keyed by stream name be searched with a `&str`, without
+/// allocating a key per lookup on the append path.
+impl std::borrow::Borrow<str> for StreamName {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -79,18 +83,11 @@ pub struct AppEventType(#[schemars(regex(pattern = r"^[a-zA-Z0-9_.-]{1,128}$"))]
 impl AppEventType {
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
         let name = name.into();
-        let error = |rule| NameError {
-            kind: "event type",
-            value: name.clone(),
-            rule,
-        };
+        let error = |rule| NameError { kind: "event type", value: name.clone(), rule };
         if name.is_empty() || name.len() > 128 {
             return Err(error("must be 1 to 128 characters long"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
             return Err(error("may hold only letters, digits, '_', '.' and '-'"));
         }
         let namespace = name.split('.').next().unwrap_or_default();
@@ -209,14 +206,11 @@ impl FromStr for Scope {
     type Err = NameError;
 
     fn from_str(value: &str) -> Result<Self, NameError> {
-        Scope::ALL
-            .into_iter()
-            .find(|scope| scope.as_str() == value)
-            .ok_or_else(|| NameError {
-                kind: "scope",
-                value: value.to_owned(),
-                rule: "is not one of Spool's scopes",
-            })
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == value).ok_or_else(|| NameError {
+            kind: "scope",
+            value: value.to_owned(),
+            rule: "is not one of Spool's scopes",
+        })
     }
 }
 
@@ -226,13 +220,7 @@ mod tests {
 
     #[test]
     fn app_event_types_follow_the_pattern_and_stay_out_of_spool_namespaces() {
-        for good in [
-            "order.created",
-            "a",
-            "Order_Created-v2",
-            "keys.rotated",
-            "apis.called",
-        ] {
+        for good in ["order.created", "a", "Order_Created-v2", "keys.rotated", "apis.called"] {
             assert!(AppEventType::new(good).is_ok(), "{good}");
         }
         let long = "x".repeat(129);

@@ -72,10 +72,7 @@ async fn read_all(log: &dyn Log) -> Vec<StoredEvent> {
     let head = *log.head().borrow();
     while after < head {
         let batch = log.read(after, 1_000, &Filter::default()).await.unwrap();
-        assert!(
-            batch.scanned_to > after,
-            "read made no progress after {after}"
-        );
+        assert!(batch.scanned_to > after, "read made no progress after {after}");
         after = batch.scanned_to;
         events.extend(batch.events);
     }
@@ -84,11 +81,7 @@ async fn read_all(log: &dyn Log) -> Vec<StoredEvent> {
 
 fn assert_gap_free(events: &[StoredEvent]) {
     for (index, event) in events.iter().enumerate() {
-        assert_eq!(
-            event.position,
-            Position(index as u64 + 1),
-            "positions must be gap-free"
-        );
+        assert_eq!(event.position, Position(index as u64 + 1), "positions must be gap-free");
     }
 }
 
@@ -96,24 +89,12 @@ pub async fn appends_read_back_in_order_with_gap_free_positions(harness: &impl H
     let log = harness.open().await;
     let tenant = TenantId::new();
     let first = log
-        .append(Append::new(vec![
-            app(tenant, "a", "t.one", 1),
-            app(tenant, "b", "t.two", 2),
-        ]))
+        .append(Append::new(vec![app(tenant, "a", "t.one", 1), app(tenant, "b", "t.two", 2)]))
         .await
         .unwrap();
-    let second = log
-        .append(Append::new(vec![app(tenant, "a", "t.one", 3)]))
-        .await
-        .unwrap();
-    assert_eq!(
-        first.iter().map(|a| a.position.0).collect::<Vec<_>>(),
-        [1, 2]
-    );
-    assert_eq!(
-        (second[0].position, second[0].stream_version),
-        (Position(3), 2)
-    );
+    let second = log.append(Append::new(vec![app(tenant, "a", "t.one", 3)])).await.unwrap();
+    assert_eq!(first.iter().map(|a| a.position.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!((second[0].position, second[0].stream_version), (Position(3), 2));
     assert_eq!(*log.head().borrow(), Position(3));
 
     let events = read_all(&log).await;
@@ -121,10 +102,7 @@ pub async fn appends_read_back_in_order_with_gap_free_positions(harness: &impl H
     let payloads: Vec<_> = events.iter().map(|e| e.data.clone()).collect();
     assert_eq!(payloads, [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#]);
     let envelope = events[2].envelope().unwrap();
-    assert_eq!(
-        (envelope.stream.as_str(), envelope.stream_version),
-        ("a", 2)
-    );
+    assert_eq!((envelope.stream.as_str(), envelope.stream_version), ("a", 2));
     assert_eq!(envelope.position, Some(Position(3)));
     assert!(log.append(Append::default()).await.unwrap().is_empty());
 }
@@ -149,35 +127,15 @@ pub async fn acknowledged_appends_survive_reopening(harness: &impl Harness) {
     );
     assert_eq!(events[19].recorded_at, sent[19].recorded_at);
     // The reopened log carries on where it stopped, versions included.
-    let next = log
-        .append(Append::new(vec![app(tenant, "s0", "t.kept", 99)]))
-        .await
-        .unwrap();
-    assert_eq!(
-        (next[0].position, next[0].stream_version),
-        (Position(21), 8)
-    );
+    let next = log.append(Append::new(vec![app(tenant, "s0", "t.kept", 99)])).await.unwrap();
+    assert_eq!((next[0].position, next[0].stream_version), (Position(21), 8));
 }
 
 pub async fn a_version_conflict_fails_the_whole_append_and_writes_nothing(harness: &impl Harness) {
     let log = harness.open().await;
     let tenant = TenantId::new();
-    log.append(Append::new(vec![app(
-        tenant,
-        "order/1",
-        "order.created",
-        1,
-    )]))
-    .await
-    .unwrap();
-    log.append(Append::new(vec![app(
-        tenant,
-        "order/2",
-        "order.created",
-        2,
-    )]))
-    .await
-    .unwrap();
+    log.append(Append::new(vec![app(tenant, "order/1", "order.created", 1)])).await.unwrap();
+    log.append(Append::new(vec![app(tenant, "order/2", "order.created", 2)])).await.unwrap();
 
     // Right about order/2, wrong about order/1: neither event is written.
     let append = Append::new(vec![
@@ -202,10 +160,7 @@ pub async fn a_version_conflict_fails_the_whole_append_and_writes_nothing(harnes
         1,
     );
     let appended = log.append(right).await.unwrap();
-    assert_eq!(
-        (appended[0].position, appended[0].stream_version),
-        (Position(3), 2)
-    );
+    assert_eq!((appended[0].position, appended[0].stream_version), (Position(3), 2));
 }
 
 pub async fn an_expected_version_of_zero_means_the_stream_is_new(harness: &impl Harness) {
@@ -219,10 +174,7 @@ pub async fn an_expected_version_of_zero_means_the_stream_is_new(harness: &impl 
         )
     };
     log.append(create()).await.unwrap();
-    assert!(matches!(
-        log.append(create()).await,
-        Err(Error::Conflict(_))
-    ));
+    assert!(matches!(log.append(create()).await, Err(Error::Conflict(_))));
     assert_eq!(read_all(&log).await.len(), 1);
 }
 
@@ -235,34 +187,20 @@ pub async fn an_event_id_already_stored_is_written_once(harness: &impl Harness) 
 
     // A retry of the whole append, with an expectation that no longer holds,
     // is answered as the first attempt was.
-    let retry = log
-        .append(Append::new(vec![event.clone()]).expect(tenant, stream("s"), 0))
-        .await
-        .unwrap();
-    assert_eq!(
-        (retry[0].position, retry[0].already_stored),
-        (first[0].position, true)
-    );
+    let retry =
+        log.append(Append::new(vec![event.clone()]).expect(tenant, stream("s"), 0)).await.unwrap();
+    assert_eq!((retry[0].position, retry[0].already_stored), (first[0].position, true));
 
     // Mixed with a new event, and twice in one append: still written once.
     let new = app(tenant, "s", "t.once", 2);
-    let mixed = log
-        .append(Append::new(vec![event.clone(), new.clone(), new.clone()]))
-        .await
-        .unwrap();
+    let mixed =
+        log.append(Append::new(vec![event.clone(), new.clone(), new.clone()])).await.unwrap();
     assert_eq!(mixed[0].position, Position(1));
     assert_eq!(
-        (
-            mixed[1].position,
-            mixed[1].already_stored,
-            mixed[1].stream_version
-        ),
+        (mixed[1].position, mixed[1].already_stored, mixed[1].stream_version),
         (Position(2), false, 2)
     );
-    assert_eq!(
-        (mixed[2].position, mixed[2].already_stored),
-        (Position(2), true)
-    );
+    assert_eq!((mixed[2].position, mixed[2].already_stored), (Position(2), true));
 
     let events = read_all(&log).await;
     assert_eq!(events.len(), 2);
@@ -284,18 +222,14 @@ pub async fn concurrent_appenders_get_gap_free_positions_and_one_winner_per_vers
             let own = format!("own/{writer}");
             for n in 0..APPENDS {
                 // Its own stream, with the version it knows: never conflicts.
-                let own_append = Append::new(vec![
-                    app(tenant, &own, "t.own", n),
-                    app(tenant, &own, "t.own", n),
-                ])
-                .expect(tenant, stream(&own), 2 * n);
+                let own_append =
+                    Append::new(vec![app(tenant, &own, "t.own", n), app(tenant, &own, "t.own", n)])
+                        .expect(tenant, stream(&own), 2 * n);
                 log.append(own_append).await.unwrap();
                 // The shared stream: read its version, race everyone for the next.
-                let current = log
-                    .read_stream(tenant, &stream("shared"), 1, 10_000)
-                    .await
-                    .unwrap()
-                    .len() as u64;
+                let current =
+                    log.read_stream(tenant, &stream("shared"), 1, 10_000).await.unwrap().len()
+                        as u64;
                 let claim = Append::new(vec![app(tenant, "shared", "t.shared", writer)]).expect(
                     tenant,
                     stream("shared"),
@@ -327,10 +261,7 @@ pub async fn concurrent_appenders_get_gap_free_positions_and_one_winner_per_vers
     assert_eq!(events.len() as u64, WRITERS * APPENDS * 2 + shared_len);
     let mut versions: HashMap<&str, Vec<u64>> = HashMap::new();
     for event in &events {
-        versions
-            .entry(event.stream.as_str())
-            .or_default()
-            .push(event.stream_version);
+        versions.entry(event.stream.as_str()).or_default().push(event.stream_version);
     }
     for (name, seen) in versions {
         assert_eq!(
@@ -361,50 +292,23 @@ pub async fn reads_filter_by_tenant_stream_and_type(harness: &impl Harness) {
         let log = &log;
         async move { log.read(Position::ZERO, 100, &filter).await.unwrap() }
     };
-    assert_eq!(
-        positions(read(Filter::tenant(a)).await.events),
-        [1, 3, 4, 5]
-    );
-    let orders = Filter {
-        types: vec![TypeFilter::parse("order.*")],
-        ..Filter::tenant(a)
-    };
+    assert_eq!(positions(read(Filter::tenant(a)).await.events), [1, 3, 4, 5]);
+    let orders = Filter { types: vec![TypeFilter::parse("order.*")], ..Filter::tenant(a) };
     assert_eq!(positions(read(orders).await.events), [1, 3]);
-    let by_stream = Filter {
-        stream: Some(stream("order/1")),
-        ..Filter::tenant(b)
-    };
+    let by_stream = Filter { stream: Some(stream("order/1")), ..Filter::tenant(b) };
     assert_eq!(positions(read(by_stream).await.events), [2]);
     let either = Filter {
-        types: vec![
-            TypeFilter::parse("invoice.sent"),
-            TypeFilter::parse("orders.legacy"),
-        ],
+        types: vec![TypeFilter::parse("invoice.sent"), TypeFilter::parse("orders.legacy")],
         ..Filter::default()
     };
     assert_eq!(positions(read(either).await.events), [4, 5]);
 
     // A limit stops at the last returned event; reading on continues there.
-    let limited = log
-        .read(Position::ZERO, 2, &Filter::tenant(a))
-        .await
-        .unwrap();
-    assert_eq!(
-        (positions(limited.events), limited.scanned_to),
-        (vec![1, 3], Position(3))
-    );
-    let rest = log
-        .read(Position(3), 100, &Filter::tenant(a))
-        .await
-        .unwrap();
-    assert_eq!(
-        (positions(rest.events), rest.scanned_to),
-        (vec![4, 5], Position(5))
-    );
-    let nothing = log
-        .read(Position(5), 100, &Filter::default())
-        .await
-        .unwrap();
+    let limited = log.read(Position::ZERO, 2, &Filter::tenant(a)).await.unwrap();
+    assert_eq!((positions(limited.events), limited.scanned_to), (vec![1, 3], Position(3)));
+    let rest = log.read(Position(3), 100, &Filter::tenant(a)).await.unwrap();
+    assert_eq!((positions(rest.events), rest.scanned_to), (vec![4, 5], Position(5)));
+    let nothing = log.read(Position(5), 100, &Filter::default()).await.unwrap();
     assert_eq!((nothing.events.len(), nothing.scanned_to), (0, Position(5)));
 }
 
@@ -412,49 +316,25 @@ pub async fn streams_are_separate_per_tenant_and_read_from_a_version(harness: &i
     let log = harness.open().await;
     let (a, b) = (TenantId::new(), TenantId::new());
     for n in 0..5 {
-        log.append(Append::new(vec![app(a, "cart/1", "cart.changed", n)]))
-            .await
-            .unwrap();
+        log.append(Append::new(vec![app(a, "cart/1", "cart.changed", n)])).await.unwrap();
     }
-    let other = log
-        .append(Append::new(vec![app(b, "cart/1", "cart.changed", 9)]))
-        .await
-        .unwrap();
+    let other = log.append(Append::new(vec![app(b, "cart/1", "cart.changed", 9)])).await.unwrap();
     assert_eq!(
         other[0].stream_version, 1,
         "another tenant's stream of the same name is a new stream"
     );
 
     let from_three = log.read_stream(a, &stream("cart/1"), 3, 100).await.unwrap();
-    assert_eq!(
-        from_three
-            .iter()
-            .map(|e| e.stream_version)
-            .collect::<Vec<_>>(),
-        [3, 4, 5]
-    );
+    assert_eq!(from_three.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [3, 4, 5]);
     assert!(from_three.iter().all(|e| e.tenant == a));
-    assert_eq!(
-        log.read_stream(a, &stream("cart/1"), 1, 2)
-            .await
-            .unwrap()
-            .len(),
-        2
-    );
-    assert!(
-        log.read_stream(a, &stream("cart/404"), 1, 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(log.read_stream(a, &stream("cart/1"), 1, 2).await.unwrap().len(), 2);
+    assert!(log.read_stream(a, &stream("cart/404"), 1, 10).await.unwrap().is_empty());
 }
 
 pub async fn tailing_sees_appends_made_after_it_started(harness: &impl Harness) {
     let log: Arc<dyn Log> = Arc::new(harness.open().await);
     let (a, b) = (TenantId::new(), TenantId::new());
-    log.append(Append::new(vec![app(a, "s", "t.before", 0)]))
-        .await
-        .unwrap();
+    log.append(Append::new(vec![app(a, "s", "t.before", 0)])).await.unwrap();
     let mut tail = Box::pin(crate::tail(log.clone(), Position::ZERO, Filter::tenant(a)));
     let first = tail.next().await.unwrap().unwrap();
     assert_eq!(first.type_name, "t.before");
@@ -464,12 +344,9 @@ pub async fn tailing_sees_appends_made_after_it_started(harness: &impl Harness) 
         tokio::spawn(async move {
             for n in 1..=3 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                log.append(Append::new(vec![
-                    app(b, "s", "t.other", n),
-                    app(a, "s", "t.after", n),
-                ]))
-                .await
-                .unwrap();
+                log.append(Append::new(vec![app(b, "s", "t.other", n), app(a, "s", "t.after", n)]))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -491,17 +368,9 @@ pub async fn find_returns_one_event_by_id(harness: &impl Harness) {
     let log = harness.open().await;
     let tenant = TenantId::new();
     let event = app(tenant, "s", "t.found", 7);
-    log.append(Append::new(vec![
-        app(tenant, "s", "t.other", 1),
-        event.clone(),
-    ]))
-    .await
-    .unwrap();
+    log.append(Append::new(vec![app(tenant, "s", "t.other", 1), event.clone()])).await.unwrap();
     let found = log.find(event.id).await.unwrap().unwrap();
-    assert_eq!(
-        (found.position, found.id, found.stream_version),
-        (Position(2), event.id, 2)
-    );
+    assert_eq!((found.position, found.id, found.stream_version), (Position(2), event.id, 2));
     assert_eq!(found.event().unwrap(), event.event);
     assert!(log.find(EventId::new()).await.unwrap().is_none());
 }

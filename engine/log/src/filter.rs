@@ -40,18 +40,12 @@ pub struct Filter {
 
 impl Filter {
     pub fn tenant(tenant: TenantId) -> Filter {
-        Filter {
-            tenant: Some(tenant),
-            ..Filter::default()
-        }
+        Filter { tenant: Some(tenant), ..Filter::default() }
     }
 
     pub fn matches(&self, event: &crate::StoredEvent) -> bool {
         self.tenant.is_none_or(|tenant| tenant == event.tenant)
-            && self
-                .stream
-                .as_ref()
-                .is_none_or(|stream| *stream == event.stream)
+            && self.stream.as_ref().is_none_or(|stream| *stream == event.stream)
             && (self.types.is_empty() || self.types.iter().any(|t| t.matches(&event.type_name)))
     }
 }
@@ -62,15 +56,9 @@ mod tests {
 
     #[test]
     fn a_trailing_dot_star_is_a_prefix_and_anything_else_is_exact() {
-        assert_eq!(
-            TypeFilter::parse("order.*"),
-            TypeFilter::Prefix("order.".into())
-        );
+        assert_eq!(TypeFilter::parse("order.*"), TypeFilter::Prefix("order.".into()));
         assert_eq!(TypeFilter::parse("*"), TypeFilter::Prefix(String::new()));
-        assert_eq!(
-            TypeFilter::parse("order*"),
-            TypeFilter::Exact("order*".into())
-        );
+        assert_eq!(TypeFilter::parse("order*"), TypeFilter::Exact("order*".into()));
         assert!(TypeFilter::parse("order.*").matches("order.shipped.late"));
         assert!(!TypeFilter::parse("order.*").matches("orders.created"));
         assert!(!TypeFilter::parse("order.created").matches("order.created.v2"));

@@ -17,7 +17,7 @@ const READ_WINDOW: u64 = 10_000;
 struct State {
     events: Vec<StoredEvent>,
     by_id: HashMap<EventId, usize>,
-    streams: HashMap<(TenantId, StreamName), Vec<usize>>,
+    streams: HashMap<TenantId, HashMap<StreamName, Vec<usize>>>,
     closed: bool,
 }
 
@@ -28,10 +28,7 @@ pub struct MemoryLog {
 
 impl Default for MemoryLog {
     fn default() -> Self {
-        MemoryLog {
-            state: Mutex::default(),
-            head: watch::Sender::new(Position::ZERO),
-        }
+        MemoryLog { state: Mutex::default(), head: watch::Sender::new(Position::ZERO) }
     }
 }
 
@@ -43,9 +40,7 @@ impl MemoryLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written:
         // appends mutate only after planning succeeded.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -74,7 +69,8 @@ impl Log for MemoryLog {
             |tenant, stream| {
                 state
                     .streams
-                    .get(&(tenant, stream.clone()))
+                    .get(&tenant)
+                    .and_then(|s| s.get(stream.as_str()))
                     .map_or(0, |v| v.len() as u64)
             },
         )?;
@@ -82,15 +78,13 @@ impl Log for MemoryLog {
             let new = &append.events[index];
             let result = decided.results[index];
             let slot = state.events.len();
-            state.events.push(StoredEvent::from_new(
-                new,
-                result.position,
-                result.stream_version,
-            ));
+            state.events.push(StoredEvent::from_new(new, result.position, result.stream_version));
             state.by_id.insert(new.id, slot);
             state
                 .streams
-                .entry((new.tenant, new.stream.clone()))
+                .entry(new.tenant)
+                .or_default()
+                .entry(new.stream.clone())
                 .or_default()
                 .push(slot);
         }
@@ -105,15 +99,9 @@ impl Log for MemoryLog {
     async fn read(&self, after: Position, limit: usize, filter: &Filter) -> Result<ReadBatch> {
         let state = self.lock();
         let end = (after.0 + READ_WINDOW).min(state.events.len() as u64);
-        let mut batch = ReadBatch {
-            events: Vec::new(),
-            scanned_to: Position(end.max(after.0)),
-        };
-        for event in state
-            .events
-            .iter()
-            .skip(after.0 as usize)
-            .take((end.saturating_sub(after.0)) as usize)
+        let mut batch = ReadBatch { events: Vec::new(), scanned_to: Position(end.max(after.0)) };
+        for event in
+            state.events.iter().skip(after.0 as usize).take((end.saturating_sub(after.0)) as usize)
         {
             if batch.events.len() == limit {
                 break;
@@ -138,24 +126,16 @@ impl Log for MemoryLog {
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
         let state = self.lock();
-        let Some(indexes) = state.streams.get(&(tenant, stream.clone())) else {
+        let Some(indexes) = state.streams.get(&tenant).and_then(|s| s.get(stream.as_str())) else {
             return Ok(Vec::new());
         };
         let skip = from_version.saturating_sub(1) as usize;
-        Ok(indexes
-            .iter()
-            .skip(skip)
-            .take(limit)
-            .map(|&i| state.events[i].clone())
-            .collect())
+        Ok(indexes.iter().skip(skip).take(limit).map(|&i| state.events[i].clone()).collect())
     }
 
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {
         let state = self.lock();
-        Ok(state
-            .by_id
-            .get(&id)
-            .map(|&index| state.events[index].clone()))
+        Ok(state.by_id.get(&id).map(|&index| state.events[index].clone()))
     }
 
     fn head(&self) -> watch::Receiver<Position> {

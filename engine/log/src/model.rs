@@ -50,18 +50,11 @@ pub struct Append {
 
 impl Append {
     pub fn new(events: Vec<NewEvent>) -> Self {
-        Append {
-            events,
-            expected: Vec::new(),
-        }
+        Append { events, expected: Vec::new() }
     }
 
     pub fn expect(mut self, tenant: TenantId, stream: StreamName, version: u64) -> Self {
-        self.expected.push(Expected {
-            tenant,
-            stream,
-            version,
-        });
+        self.expected.push(Expected { tenant, stream, version });
         self
     }
 }

@@ -10,15 +10,15 @@ use spool_schemas::{EventId, Position, StreamName, TenantId};
 
 use crate::{Append, Appended, Error, Result, VersionConflict};
 
-/// The decision for one append.
+/// The decision for one append; borrows stream names from it.
 #[derive(Debug, Default)]
-pub(crate) struct Plan {
+pub(crate) struct Plan<'a> {
     /// One per event of the append, in order.
     pub(crate) results: Vec<Appended>,
     /// Indexes into `append.events` of the events to write, in position order.
     pub(crate) writes: Vec<usize>,
     /// The new version of every stream the append writes to.
-    pub(crate) stream_versions: HashMap<(TenantId, StreamName), u64>,
+    pub(crate) stream_versions: HashMap<(TenantId, &'a StreamName), u64>,
 }
 
 /// Plans `append` with its first new event at `next`.
@@ -26,33 +26,22 @@ pub(crate) struct Plan {
 /// `stored` answers whether an id is already in the log (including appends
 /// planned earlier in the same group); `version_of` gives a stream's current
 /// version, 0 if it does not exist.
-pub(crate) fn plan(
-    append: &Append,
+pub(crate) fn plan<'a>(
+    append: &'a Append,
     next: Position,
     stored: impl Fn(&EventId) -> Option<Appended>,
     mut version_of: impl FnMut(TenantId, &StreamName) -> u64,
-) -> Result<Plan> {
-    let previously_stored: Vec<Option<Appended>> = append
-        .events
-        .iter()
-        .map(|event| stored(&event.id))
-        .collect();
+) -> Result<Plan<'a>> {
+    let previously_stored: Vec<Option<Appended>> =
+        append.events.iter().map(|event| stored(&event.id)).collect();
     if previously_stored.iter().all(Option::is_some) {
         // A retry of an append that went through: answer as it was answered.
         let results = previously_stored.into_iter().flatten().collect();
-        return Ok(Plan {
-            results,
-            ..Plan::default()
-        });
+        return Ok(Plan { results, ..Plan::default() });
     }
 
-    let mut plan = Plan::default();
     for expected in &append.expected {
-        let key = (expected.tenant, expected.stream.clone());
-        let actual = match plan.stream_versions.get(&key) {
-            Some(version) => *version,
-            None => version_of(expected.tenant, &expected.stream),
-        };
+        let actual = version_of(expected.tenant, &expected.stream);
         if actual != expected.version {
             return Err(Error::Conflict(Box::new(VersionConflict {
                 tenant: expected.tenant,
@@ -61,42 +50,27 @@ pub(crate) fn plan(
                 actual,
             })));
         }
-        plan.stream_versions.insert(key, actual);
     }
 
+    let mut plan = Plan { results: Vec::with_capacity(append.events.len()), ..Plan::default() };
     let mut position = next;
     let mut in_this_append: HashMap<EventId, Appended> = HashMap::new();
     for (index, (event, earlier)) in append.events.iter().zip(previously_stored).enumerate() {
         if let Some(found) = earlier.or_else(|| in_this_append.get(&event.id).copied()) {
-            plan.results.push(Appended {
-                already_stored: true,
-                ..found
-            });
+            plan.results.push(Appended { already_stored: true, ..found });
             continue;
         }
-        let key = (event.tenant, event.stream.clone());
-        let version = match plan.stream_versions.get(&key) {
-            Some(version) => *version,
-            None => version_of(event.tenant, &event.stream),
-        } + 1;
-        plan.stream_versions.insert(key, version);
-        let appended = Appended {
-            id: event.id,
-            position,
-            stream_version: version,
-            already_stored: false,
-        };
+        let version = plan
+            .stream_versions
+            .entry((event.tenant, &event.stream))
+            .or_insert_with(|| version_of(event.tenant, &event.stream));
+        *version += 1;
+        let appended =
+            Appended { id: event.id, position, stream_version: *version, already_stored: false };
         in_this_append.insert(event.id, appended);
         plan.results.push(appended);
         plan.writes.push(index);
         position = position.next();
     }
-    // Streams that were only named in an expectation keep their version.
-    let written: std::collections::HashSet<(TenantId, StreamName)> = plan
-        .writes
-        .iter()
-        .map(|&i| (append.events[i].tenant, append.events[i].stream.clone()))
-        .collect();
-    plan.stream_versions.retain(|key, _| written.contains(key));
     Ok(plan)
 }

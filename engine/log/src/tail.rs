@@ -31,14 +31,7 @@ pub fn tail(
     filter: Filter,
 ) -> impl Stream<Item = Result<StoredEvent>> + Send + 'static {
     let head = log.head();
-    let state = Tail {
-        log,
-        after,
-        filter,
-        head,
-        buffer: VecDeque::new(),
-        failed: false,
-    };
+    let state = Tail { log, after, filter, head, buffer: VecDeque::new(), failed: false };
     futures::stream::unfold(state, |mut tail| async move {
         if tail.failed {
             return None;

@@ -41,20 +41,14 @@ mod sqlite {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("log.db");
             self.dirs.lock().unwrap().push(dir);
-            SqliteLog::open(path, SqliteOptions::default())
-                .await
-                .unwrap()
+            SqliteLog::open(path, SqliteOptions::default()).await.unwrap()
         }
 
         async fn reopen(&self, log: SqliteLog) -> Option<SqliteLog> {
             let path = log.path().to_owned();
             log.close().await.unwrap();
             drop(log);
-            Some(
-                SqliteLog::open(path, SqliteOptions::default())
-                    .await
-                    .unwrap(),
-            )
+            Some(SqliteLog::open(path, SqliteOptions::default()).await.unwrap())
         }
     }
 

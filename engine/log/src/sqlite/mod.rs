@@ -177,9 +177,8 @@ impl SqliteLog {
 type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 
 async fn max_position(pool: &SqlitePool) -> Result<Position> {
-    let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(pool)
-        .await?;
+    let max: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(pool).await?;
     Ok(Position(max as u64))
 }
 
@@ -220,20 +219,13 @@ impl Log for SqliteLog {
         if append.events.is_empty() {
             return Ok(Vec::new());
         }
-        let sender = self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sender = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let sender = sender.ok_or(Error::Closed)?;
         // Encoding happens here, on the caller's task, so that the single
         // writer only writes.
         let request = WriteRequest::new(append)?;
         let (reply, answer) = oneshot::channel();
-        sender
-            .send((request, reply))
-            .await
-            .map_err(|_| Error::Closed)?;
+        sender.send((request, reply)).await.map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -243,10 +235,7 @@ impl Log for SqliteLog {
         let head = *self.head.borrow();
         let upper = Position((after.0 + READ_WINDOW).min(head.0));
         if upper <= after || limit == 0 {
-            return Ok(ReadBatch {
-                events: Vec::new(),
-                scanned_to: after.max(upper.min(after)),
-            });
+            return Ok(ReadBatch { events: Vec::new(), scanned_to: after.max(upper.min(after)) });
         }
         let mut sql = format!("{SELECT_EVENTS} WHERE e.position > ? AND e.position <= ?");
         if filter.tenant.is_some() {
@@ -279,9 +268,9 @@ impl Log for SqliteLog {
                 for type_filter in &filter.types {
                     query = match type_filter {
                         TypeFilter::Exact(name) => query.bind(name.clone()),
-                        TypeFilter::Prefix(prefix) => query
-                            .bind(prefix.chars().count() as i64)
-                            .bind(prefix.clone()),
+                        TypeFilter::Prefix(prefix) => {
+                            query.bind(prefix.chars().count() as i64).bind(prefix.clone())
+                        }
                     };
                 }
                 query.bind(limit as i64)
@@ -318,9 +307,7 @@ impl Log for SqliteLog {
 
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {
         let sql = format!("{SELECT_EVENTS} WHERE e.id = ?");
-        let mut found = self
-            .fetch(&sql, |query| query.bind(id.as_bytes().to_vec()))
-            .await?;
+        let mut found = self.fetch(&sql, |query| query.bind(id.as_bytes().to_vec())).await?;
         Ok(found.pop())
     }
 
@@ -330,10 +317,7 @@ impl Log for SqliteLog {
 
     async fn close(&self) -> Result<()> {
         // Dropping the last sender lets the writer drain its queue and stop.
-        self.requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.requests.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(writer) = self.writer.lock().await.take() {
             writer.await.map_err(|_| Error::Closed)?;
         }

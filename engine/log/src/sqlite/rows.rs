@@ -26,9 +26,7 @@ pub(super) fn decode_row(row: &SqliteRow) -> Result<StoredEvent> {
     let position: i64 = row.try_get(0)?;
     let optional_id = |index: usize| -> Result<Option<EventId>> {
         let bytes: Option<&[u8]> = row.try_get(index)?;
-        bytes
-            .map(|b| id_bytes(b, position).map(EventId::from_bytes))
-            .transpose()
+        bytes.map(|b| id_bytes(b, position).map(EventId::from_bytes)).transpose()
     };
     let recorded_us: i64 = row.try_get(5)?;
     let name: String = row.try_get(3)?;

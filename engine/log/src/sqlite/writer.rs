@@ -9,7 +9,7 @@ use sqlx::Row as _;
 use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::plan::plan;
+use crate::plan::{Plan, plan};
 use crate::{Append, Appended, Error, Result};
 
 /// Rows per multi-row INSERT: fewer round trips to SQLite's thread, well
@@ -59,7 +59,8 @@ struct CachedStream {
 pub(super) struct Writer {
     connection: SqliteConnection,
     head: Position,
-    streams: HashMap<(TenantId, StreamName), CachedStream>,
+    streams: StreamCache,
+    n_cached_streams: usize,
     next_stream_id: i64,
     max_group_events: usize,
     /// Set when a transaction failed: the caches may hold what was rolled back.
@@ -86,6 +87,7 @@ impl Writer {
             connection,
             head: Position::ZERO,
             streams: HashMap::new(),
+            n_cached_streams: 0,
             next_stream_id: 1,
             max_group_events: max_group_events.max(1),
             stale: true,
@@ -107,6 +109,7 @@ impl Writer {
 
     async fn reload(&mut self) -> Result<()> {
         self.streams.clear();
+        self.n_cached_streams = 0;
         self.head = self.db_head().await?;
         let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(stream_id), 0) FROM streams")
             .fetch_one(&mut self.connection)
@@ -156,14 +159,25 @@ impl Writer {
     }
 
     /// Writes every acceptable request of the group in one transaction.
+    ///
+    /// Optimistic about event ids: most are fresh, so the first attempt lets
+    /// the unique index on `id` find duplicates instead of looking every id
+    /// up. If it finds one, the group is redone with every id looked up.
     async fn write_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Vec<Appended>>> {
-        match self.try_write_group(group).await {
-            Ok(answers) => answers,
-            Err(error) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut self.connection).await;
-                self.stale = true;
-                tracing::error!(%error, "log group commit failed");
-                group.iter().map(|_| Err(error.clone())).collect()
+        let mut look_up_ids = false;
+        loop {
+            match self.try_write_group(group, look_up_ids).await {
+                Ok(answers) => return answers,
+                Err(error) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut self.connection).await;
+                    self.stale = true;
+                    if !look_up_ids && is_duplicate_id(&error) {
+                        look_up_ids = true;
+                        continue;
+                    }
+                    tracing::error!(%error, "log group commit failed");
+                    return group.iter().map(|_| Err(error.clone())).collect();
+                }
             }
         }
     }
@@ -171,19 +185,19 @@ impl Writer {
     async fn try_write_group(
         &mut self,
         group: &[WriteRequest],
+        look_up_ids: bool,
     ) -> Result<Vec<Result<Vec<Appended>>>> {
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.connection)
-            .await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.connection).await?;
         // Another process may have appended since our last commit; our
         // caches are only valid if the head is where we left it.
         if self.stale || self.db_head().await? != self.head {
             self.reload().await?;
         }
-        if self.streams.len() > MAX_CACHED_STREAMS {
+        if self.n_cached_streams > MAX_CACHED_STREAMS {
             self.streams.clear();
+            self.n_cached_streams = 0;
         }
-        let mut stored = self.stored_ids(group).await?;
+        let mut stored = if look_up_ids { self.stored_ids(group).await? } else { HashMap::new() };
         self.load_streams(group).await?;
 
         let mut next = self.head.next();
@@ -191,17 +205,14 @@ impl Writer {
         let mut rows = Vec::new();
         let mut new_streams: Vec<(i64, TenantId, &StreamName)> = Vec::new();
         for request in group {
-            let streams = &self.streams;
-            let decided = plan(
-                &request.append,
-                next,
-                |id| stored.get(id).copied(),
-                |tenant, stream| {
-                    streams
-                        .get(&(tenant, stream.clone()))
-                        .map_or(0, |s| s.version)
-                },
-            );
+            // Optimistic mode skips looking ids up, but a conflict may be a
+            // retry of an append that went through: look its ids up and
+            // decide again before answering with the conflict.
+            let mut decided = self.plan(request, next, &stored);
+            if !look_up_ids && matches!(decided, Err(Error::Conflict(_))) {
+                stored.extend(self.stored_ids(std::slice::from_ref(request)).await?);
+                decided = self.plan(request, next, &stored);
+            }
             let decided = match decided {
                 Ok(decided) => decided,
                 Err(error) => {
@@ -209,30 +220,26 @@ impl Writer {
                     continue;
                 }
             };
-            for (key, version) in decided.stream_versions {
-                let entry = self.streams.entry(key).or_insert(CachedStream {
-                    id: None,
-                    version: 0,
-                });
+            for ((tenant, stream), version) in decided.stream_versions {
+                let entry = self
+                    .streams
+                    .get_mut(&tenant)
+                    .and_then(|streams| streams.get_mut(stream.as_str()))
+                    .expect("every planned stream was loaded");
                 entry.version = version;
+                if entry.id.is_none() {
+                    let id = self.next_stream_id;
+                    self.next_stream_id += 1;
+                    entry.id = Some(id);
+                    new_streams.push((id, tenant, stream));
+                }
             }
             for &index in &decided.writes {
                 let event = &request.append.events[index];
                 let result = decided.results[index];
-                let cached = self
-                    .streams
-                    .get_mut(&(event.tenant, event.stream.clone()))
-                    .expect("planned streams are cached");
-                let stream_id = match cached.id {
-                    Some(id) => id,
-                    None => {
-                        let id = self.next_stream_id;
-                        self.next_stream_id += 1;
-                        cached.id = Some(id);
-                        new_streams.push((id, event.tenant, &event.stream));
-                        id
-                    }
-                };
+                let stream_id = cached(&self.streams, event.tenant, &event.stream)
+                    .and_then(|s| s.id)
+                    .expect("written streams have an id");
                 stored.insert(event.id, result);
                 rows.push(EventRow {
                     position: result.position.0 as i64,
@@ -256,12 +263,24 @@ impl Writer {
         Ok(answers)
     }
 
+    fn plan<'a>(
+        &self,
+        request: &'a WriteRequest,
+        next: Position,
+        stored: &HashMap<EventId, Appended>,
+    ) -> Result<Plan<'a>> {
+        plan(
+            &request.append,
+            next,
+            |id| stored.get(id).copied(),
+            |tenant, stream| cached(&self.streams, tenant, stream).map_or(0, |s| s.version),
+        )
+    }
+
     /// The ids of the group that are already stored, with where they are.
     async fn stored_ids(&mut self, group: &[WriteRequest]) -> Result<HashMap<EventId, Appended>> {
-        let ids: Vec<&EventId> = group
-            .iter()
-            .flat_map(|r| r.append.events.iter().map(|e| &e.id))
-            .collect();
+        let ids: Vec<&EventId> =
+            group.iter().flat_map(|r| r.append.events.iter().map(|e| &e.id)).collect();
         let mut stored = HashMap::new();
         for chunk in ids.chunks(500) {
             let sql = format!(
@@ -300,8 +319,7 @@ impl Writer {
                 .map(|e| (e.tenant, &e.stream))
                 .chain(append.expected.iter().map(|e| (e.tenant, &e.stream)));
             for (tenant, stream) in named {
-                let key = (tenant, stream.clone());
-                if self.streams.contains_key(&key) {
+                if cached(&self.streams, tenant, stream).is_some() {
                     continue;
                 }
                 let row = sqlx::query(
@@ -313,20 +331,37 @@ impl Writer {
                 .bind(stream.as_str())
                 .fetch_optional(&mut self.connection)
                 .await?;
-                let cached = match row {
+                let entry = match row {
                     Some(row) => CachedStream {
                         id: Some(row.try_get(0)?),
                         version: row.try_get::<i64, _>(1)? as u64,
                     },
-                    None => CachedStream {
-                        id: None,
-                        version: 0,
-                    },
+                    None => CachedStream { id: None, version: 0 },
                 };
-                self.streams.insert(key, cached);
+                self.streams.entry(tenant).or_default().insert(stream.clone(), entry);
+                self.n_cached_streams += 1;
             }
         }
         Ok(())
+    }
+}
+
+type StreamCache = HashMap<TenantId, HashMap<StreamName, CachedStream>>;
+
+fn cached(streams: &StreamCache, tenant: TenantId, stream: &StreamName) -> Option<CachedStream> {
+    streams.get(&tenant).and_then(|streams| streams.get(stream.as_str())).copied()
+}
+
+/// Whether `error` is the unique index on event ids refusing a duplicate.
+fn is_duplicate_id(error: &Error) -> bool {
+    match error {
+        Error::Storage(error) => match error.as_ref() {
+            sqlx::Error::Database(database) => {
+                database.is_unique_violation() && database.message().contains("events.id")
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -345,10 +380,7 @@ async fn insert_streams(
         let sql = format!("INSERT INTO streams (stream_id, tenant, name) VALUES {values}");
         let mut query = sqlx::query(&sql);
         for (id, tenant, name) in chunk {
-            query = query
-                .bind(*id)
-                .bind(tenant.as_bytes().as_slice())
-                .bind(name.as_str());
+            query = query.bind(*id).bind(tenant.as_bytes().as_slice()).bind(name.as_str());
         }
         query.execute(&mut *connection).await?;
     }
