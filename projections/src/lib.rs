@@ -1,1 +1,43 @@
-//! placeholder
+//! Projections: pure folds of the log into SQL read models, the runner that
+//! keeps them current, checkpoints, and rebuilds into shadow tables.
+//!
+//! A [`Projection`] has a name, a version and tables; the [`Runner`] applies
+//! events to it in batches, committing each batch's rows and checkpoint in
+//! one transaction of the [`Views`] store. A changed version is rebuilt from
+//! position zero into new tables (`{table}_g{n}`) while the old ones serve,
+//! then swapped in by repointing the `{table}` views. Typed queries of the
+//! built-in read models live in [`event_counts`] and [`auth`].
+//!
+//! **Invariant:** projections never read the clock, the network or anything
+//! but their events and tables; rebuilding from zero gives the same rows.
+
+mod build;
+mod error;
+mod feed;
+mod projection;
+mod registry;
+mod runner;
+mod status;
+mod views;
+
+pub mod auth;
+pub mod event_counts;
+
+use std::sync::Arc;
+
+pub use build::{RebuildProgress, RebuildReport, rebuild};
+pub use error::{Error, Result};
+pub use projection::{Projection, Table, Tables};
+pub use runner::{Runner, RunnerHandle, RunnerOptions};
+pub use status::{ProjectionState, ProjectionStatus, status};
+pub use views::{Connection, Database, Views};
+
+/// Every built-in projection, as the server runs them.
+pub fn builtin() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(event_counts::EventCounts), Arc::new(auth::Auth)]
+}
+
+/// The built-in projection named `name`.
+pub fn find(name: &str) -> Option<Arc<dyn Projection>> {
+    builtin().into_iter().find(|projection| projection.name() == name)
+}

@@ -1,0 +1,39 @@
+//! The projection crate's errors: the log's, the store's, and a projection
+//! that cannot apply an event (which stops it, never skips the event).
+
+use spool_schemas::Position;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Log(#[from] spool_log::Error),
+    /// The read-model store failed.
+    #[error("read-model store failed: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A projection cannot apply the event at `position`. The projection
+    /// stops there: its checkpoint stays before the batch holding it.
+    #[error("projection {projection} cannot apply the event at position {position}: {message}")]
+    Apply { projection: &'static str, position: Position, message: String },
+    /// A projection this runner was waiting on has failed earlier.
+    #[error("projection {projection} has failed: {message}")]
+    Failed { projection: &'static str, message: String },
+    /// No built-in projection has this name.
+    #[error("no projection named {0:?}")]
+    UnknownProjection(String),
+    /// A row of a read model does not read back as its type.
+    #[error("read model {table} holds a malformed row: {message}")]
+    Corrupt { table: &'static str, message: String },
+    /// The runner stopped before what was awaited happened.
+    #[error("the projection runner has stopped")]
+    Stopped,
+}
+
+impl Error {
+    /// A projection cannot apply the event at `position`.
+    pub fn apply(projection: &'static str, position: Position, message: impl ToString) -> Error {
+        Error::Apply { projection, position, message: message.to_string() }
+    }
+}

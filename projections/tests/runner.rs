@@ -1,0 +1,299 @@
+//! The runner: order, checkpoints committed with the rows, restarts,
+//! version bumps that rebuild in shadow tables, and failures that stop.
+
+mod support;
+
+use std::sync::Arc;
+
+use spool_log::{SqliteLog, SqliteOptions, StoredEvent};
+use spool_projections::event_counts::{EventCounts, MinuteCount};
+use spool_projections::{
+    Connection, Error, Projection, ProjectionState, Result, Table, Tables, Views,
+};
+use spool_schemas::{Position, TenantId};
+use support::*;
+
+/// `event_counts` under another version, to play a code change.
+struct EventCountsVersion(u32);
+
+#[async_trait::async_trait]
+impl Projection for EventCountsVersion {
+    fn name(&self) -> &'static str {
+        EventCounts.name()
+    }
+    fn version(&self) -> u32 {
+        self.0
+    }
+    fn tables(&self) -> &'static [Table] {
+        EventCounts.tables()
+    }
+    async fn apply(
+        &self,
+        connection: &mut Connection,
+        tables: Tables,
+        events: &[StoredEvent],
+    ) -> Result<()> {
+        EventCounts.apply(connection, tables, events).await
+    }
+}
+
+/// Records every position it sees, and cannot apply `poison.pill`.
+struct Poison;
+
+static POISON_TABLES: [Table; 1] = [Table {
+    name: "poison_seen",
+    create: &["CREATE TABLE {table} (position INTEGER PRIMARY KEY)"],
+}];
+
+#[async_trait::async_trait]
+impl Projection for Poison {
+    fn name(&self) -> &'static str {
+        "poison"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn tables(&self) -> &'static [Table] {
+        &POISON_TABLES
+    }
+    async fn apply(
+        &self,
+        connection: &mut Connection,
+        tables: Tables,
+        events: &[StoredEvent],
+    ) -> Result<()> {
+        for event in events {
+            if event.type_name == "poison.pill" {
+                return Err(Error::apply("poison", event.position, "cannot digest it"));
+            }
+            sqlx::query(&format!(
+                "INSERT INTO {} (position) VALUES (?)",
+                tables.get("poison_seen")
+            ))
+            .bind(event.position.0 as i64)
+            .execute(&mut *connection)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn rebuilt_counts(log: Arc<dyn spool_log::Log>, tenant: TenantId) -> Vec<MinuteCount> {
+    let fresh = temp_views().await;
+    spool_projections::rebuild(log, &fresh.views, Arc::new(EventCounts), |_| {})
+        .await
+        .expect("rebuild");
+    counts(&fresh.views, tenant).await
+}
+
+async fn registry_row(views: &Views, name: &str) -> (i64, i64, i64) {
+    sqlx::query_as("SELECT version, generation, checkpoint FROM spool_projections WHERE name = ?")
+        .bind(name)
+        .fetch_one(views.pool())
+        .await
+        .expect("registry row")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runner_neither_skips_nor_double_counts() {
+    let log = memory_log();
+    let store = temp_views().await;
+    let tenants = [TenantId::new(), TenantId::new()];
+    let start = at("2026-03-01T10:00:00Z");
+
+    let first = append(log.as_ref(), traffic(&tenants, 500, start)).await;
+    let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 64);
+    running.handle.wait_for(first).await.expect("caught up");
+    // Appends while the runner follows the log are picked up live.
+    let second = append(log.as_ref(), traffic(&tenants, 300, start)).await;
+    running.handle.wait_for(second).await.expect("caught up");
+    running.stop().await.expect("clean stop");
+
+    let third = append(log.as_ref(), traffic(&tenants, 200, start)).await;
+    let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 64);
+    running.handle.wait_for(third).await.expect("caught up");
+    let status = running.handle.status();
+    running.stop().await.expect("clean stop");
+
+    assert_eq!(status[0].state, ProjectionState::Live);
+    assert_eq!((status[0].checkpoint, status[0].lag), (Position(1_000), 0));
+    for tenant in tenants {
+        let live = counts(&store.views, tenant).await;
+        assert_eq!(live.iter().map(|c| c.count).sum::<u64>(), 500);
+        assert_eq!(live, rebuilt_counts(log.clone(), tenant).await);
+    }
+    assert_eq!(registry_row(&store.views, "event_counts").await.2, 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_follows_a_sqlite_log_as_it_grows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log: Arc<dyn spool_log::Log> = Arc::new(
+        SqliteLog::open(dir.path().join("log.db"), SqliteOptions::default())
+            .await
+            .expect("open log"),
+    );
+    let views = Views::open(dir.path().join("views.db")).await.expect("views");
+    let tenant = TenantId::new();
+    let running = Running::start(log.clone(), &views, spool_projections::builtin(), 100);
+    let mut last = Position::ZERO;
+    for round in 0..5 {
+        let start = at("2026-03-01T10:00:00Z") + chrono::Duration::minutes(round);
+        last = append(log.as_ref(), traffic(&[tenant], 150, start)).await;
+        running.handle.wait_for(last).await.expect("caught up");
+    }
+    assert!(running.handle.status().iter().all(|s| s.checkpoint == last));
+    running.stop().await.expect("clean stop");
+    let total: u64 = counts(&views, tenant).await.iter().map(|c| c.count).sum();
+    assert_eq!(total, 750);
+    assert_eq!(counts(&views, tenant).await, rebuilt_counts(log, tenant).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_bump_rebuilds_in_shadow_tables_and_swaps_on_start() {
+    let log = memory_log();
+    let store = temp_views().await;
+    let tenant = TenantId::new();
+    let head = append(log.as_ref(), traffic(&[tenant], 400, at("2026-03-01T10:00:00Z"))).await;
+
+    let running =
+        Running::start(log.clone(), &store.views, vec![Arc::new(EventCountsVersion(1))], 50);
+    running.handle.wait_for(head).await.expect("caught up");
+    running.stop().await.expect("clean stop");
+    let (version, generation, checkpoint) = registry_row(&store.views, "event_counts").await;
+    assert_eq!((version, checkpoint), (1, 400));
+    let before = counts(&store.views, tenant).await;
+
+    let running =
+        Running::start(log.clone(), &store.views, vec![Arc::new(EventCountsVersion(2))], 50);
+    running.handle.wait_for(head).await.expect("caught up");
+    let status = running.handle.status();
+    running.stop().await.expect("clean stop");
+
+    assert_eq!((status[0].version, &status[0].state), (2, &ProjectionState::Live));
+    let (version, new_generation, checkpoint) = registry_row(&store.views, "event_counts").await;
+    assert_eq!((version, checkpoint), (2, 400));
+    assert!(new_generation > generation);
+    assert_eq!(counts(&store.views, tenant).await, before);
+    let tables = physical_tables(&store.views).await;
+    let ours: Vec<_> = tables.iter().filter(|t| t.starts_with("event_counts")).collect();
+    assert_eq!(ours, [&format!("event_counts_g{new_generation}")], "old generation dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_projection_stops_at_the_event_and_names_its_position() {
+    let log = memory_log();
+    let store = temp_views().await;
+    let tenant = TenantId::new();
+    let start = at("2026-03-01T10:00:00Z");
+    append(log.as_ref(), traffic(&[tenant], 10, start)).await;
+    let pill = append(log.as_ref(), vec![app(tenant, "poison.pill", start)]).await;
+    let head = append(log.as_ref(), traffic(&[tenant], 10, start)).await;
+    assert_eq!(pill, Position(11));
+
+    let running = Running::start(
+        log.clone(),
+        &store.views,
+        // `wait_for` looks at projections in this order, so the healthy
+        // one is caught up by the time the failure is reported.
+        vec![Arc::new(EventCounts), Arc::new(Poison)],
+        4,
+    );
+    let error = running.handle.wait_for(head).await.expect_err("poison fails");
+    assert!(
+        matches!(&error, Error::Failed { projection: "poison", message } if message.contains("position 11")),
+        "{error}"
+    );
+    let status = running.handle.status();
+    let stopped = running.stop().await.expect_err("run reports the failure");
+    assert!(matches!(stopped, Error::Apply { projection: "poison", position: Position(11), .. }));
+
+    let poison = status.iter().find(|s| s.name == "poison").expect("poison status");
+    assert!(matches!(&poison.state, ProjectionState::Failed(m) if m.contains("position 11")));
+    // The batch holding the pill was not committed, and nothing after it.
+    // It failed during its first build, so its shadow tables never served.
+    assert_eq!(poison.checkpoint, Position(8));
+    let shadow: Vec<i64> = sqlx::query_scalar("SELECT position FROM poison_seen_g1 ORDER BY 1")
+        .fetch_all(store.views.pool())
+        .await
+        .expect("shadow rows");
+    assert_eq!(shadow, (1..=8).collect::<Vec<_>>());
+    let serving: Vec<i64> = sqlx::query_scalar("SELECT position FROM poison_seen")
+        .fetch_all(store.views.pool())
+        .await
+        .expect("serving rows");
+    assert!(serving.is_empty());
+    // The other projection is not held back.
+    let counts_status = status.iter().find(|s| s.name == "event_counts").expect("status");
+    assert_eq!(counts_status.state, ProjectionState::Live);
+    assert_eq!(counts_status.checkpoint, head);
+
+    // The stored failure is visible without a runner.
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT error FROM spool_projections WHERE name = 'poison'")
+            .fetch_one(store.views.pool())
+            .await
+            .expect("registry");
+    assert!(stored.is_some_and(|m| m.contains("position 11")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_status_reports_lag_without_a_runner() {
+    let log = memory_log();
+    let store = temp_views().await;
+    let tenant = TenantId::new();
+    let before = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
+    assert!(before.iter().all(|s| s.state == ProjectionState::Building && s.version == 0));
+
+    let built = append(log.as_ref(), traffic(&[tenant], 30, at("2026-03-01T10:00:00Z"))).await;
+    for projection in spool_projections::builtin() {
+        spool_projections::rebuild(log.clone(), &store.views, projection, |_| {})
+            .await
+            .expect("rebuild");
+    }
+    append(log.as_ref(), traffic(&[tenant], 12, at("2026-03-01T11:00:00Z"))).await;
+    let after = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
+    let names: Vec<_> = after.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["event_counts", "auth"]);
+    for status in after {
+        assert_eq!(status.state, ProjectionState::Live);
+        assert_eq!((status.version, status.checkpoint, status.lag), (1, built, 12));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_reopen_with_their_checkpoints() {
+    let log = memory_log();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tenant = TenantId::new();
+    let head = append(log.as_ref(), traffic(&[tenant], 20, at("2026-03-01T10:00:00Z"))).await;
+    {
+        let views = Views::open(dir.path().join("views.db")).await.expect("open");
+        let running = Running::start(log.clone(), &views, spool_projections::builtin(), 7);
+        running.handle.wait_for(head).await.expect("caught up");
+        running.stop().await.expect("stop");
+    }
+    let views = Views::open(dir.path().join("views.db")).await.expect("reopen");
+    let status = spool_projections::status(&views, log.as_ref()).await.expect("status");
+    assert!(status.iter().all(|s| s.checkpoint == head && s.state == ProjectionState::Live));
+    assert_eq!(counts(&views, tenant).await.iter().map(|c| c.count).sum::<u64>(), 20);
+}
+
+/// The feed reads ahead on the guess that each read ends `batch` events
+/// later; the in-memory log examines at most 10,000 positions per read, so
+/// a larger batch breaks the guess and the reads must be issued again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_the_logs_read_window_stay_consecutive() {
+    let log = memory_log();
+    let store = temp_views().await;
+    let tenants = [TenantId::new(), TenantId::new()];
+    let head = append(log.as_ref(), traffic(&tenants, 30_000, at("2026-03-01T10:00:00Z"))).await;
+    let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 12_000);
+    running.handle.wait_for(head).await.expect("caught up");
+    running.stop().await.expect("stop");
+    for tenant in tenants {
+        let live = counts(&store.views, tenant).await;
+        assert_eq!(live.iter().map(|c| c.count).sum::<u64>(), 15_000);
+        assert_eq!(live, rebuilt_counts(log.clone(), tenant).await);
+    }
+}
