@@ -1,1 +1,93 @@
-//! placeholder
+//! Spool's HTTP API: the axum router, API-key auth, problem+json errors,
+//! the `api.call` recorder and the generated OpenAPI document.
+//!
+//! This is the only crate that knows HTTP shapes. Its request and response
+//! types are its own, converted by hand from the log's and the read models'
+//! types, so an internal refactor never changes the wire format by accident.
+//!
+//! Limits, part of the contract: a request body is at most
+//! [`MAX_BODY_BYTES`] (1 MiB, larger ones get `413`), a batch holds at most
+//! [`MAX_BATCH_EVENTS`] events, and a page of `GET /v1/events` at most
+//! [`MAX_PAGE`] events.
+
+mod auth;
+pub mod keys;
+mod openapi;
+pub mod problem;
+pub mod record;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+use spool_log::Log;
+use spool_projections::{RunnerHandle, Views};
+use tokio::sync::watch;
+
+pub use auth::Caller;
+pub use openapi::openapi;
+pub use problem::{Problem, ProblemKind};
+pub use record::{Recorder, RecorderHandle, RecorderOptions, UNMATCHED_ROUTE};
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The most events one `POST /v1/events` may carry.
+pub const MAX_BATCH_EVENTS: usize = 1_000;
+/// The default and largest page of `GET /v1/events`.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1_000;
+
+/// Tunables of the API that are not part of its contract.
+#[derive(Clone, Debug)]
+pub struct ApiOptions {
+    /// How often an idle Server-Sent Events stream gets a keep-alive comment.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions { sse_keep_alive: Duration::from_secs(15) }
+    }
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub log: Arc<dyn Log>,
+    pub views: Views,
+    /// The running projections, for `/readyz`.
+    pub runner: RunnerHandle,
+    /// Where `api.call` records go.
+    pub recorder: RecorderHandle,
+    /// Renders `/metrics`; `None` answers `/metrics` with an empty page.
+    pub metrics: Option<PrometheusHandle>,
+    /// Turns `true` when the server shuts down, ending live streams so that
+    /// graceful shutdown does not wait on them forever.
+    pub shutdown: watch::Receiver<bool>,
+    pub options: ApiOptions,
+}
+
+/// The whole API: `/v1` routes (authenticated, each request recorded as an
+/// `api.call` event) and the ops routes (`/healthz`, `/readyz`, `/metrics`,
+/// `/openapi.json`, `/docs`; neither authenticated nor recorded).
+pub fn router(state: AppState) -> Router {
+    let recorded = Router::new()
+        .route("/v1/events", post(routes::events::ingest).get(routes::events::list))
+        .route("/v1/events/stream", get(routes::stream::stream))
+        .route("/v1/stats/events", get(routes::stats::event_counts))
+        .fallback(routes::ops::not_found)
+        .method_not_allowed_fallback(routes::ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), record::record_call));
+    let ops = Router::new()
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::openapi()));
+    recorded.merge(ops).with_state(state)
+}

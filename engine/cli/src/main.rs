@@ -1,1 +1,78 @@
-fn main() {}
+//! The `spool` command: run the server, read the log, manage projections,
+//! tenants and keys. The composition root: the only place that picks the
+//! backends and wires the components together.
+
+mod admin;
+mod datadir;
+mod events;
+mod projections;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::datadir::DataDir;
+
+#[derive(Parser)]
+#[command(
+    name = "spool",
+    version,
+    about = "Spool: an event-sourced workflow and integration engine"
+)]
+struct Cli {
+    /// The data directory: `log.db` (the event log), `views.db` (the read
+    /// models) and `spool.lock` (held by a running server).
+    #[arg(long, global = true, env = "SPOOL_DATA_DIR", default_value = "./spool-data")]
+    data_dir: std::path::PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API with the projections (embedded SQLite default).
+    Serve(serve::ServeArgs),
+    /// Read the log directly (read-only; works while a server runs).
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Show projection status or rebuild projections.
+    #[command(subcommand)]
+    Projections(projections::ProjectionsCommand),
+    /// Manage tenants and API keys (appends to the log; works while a
+    /// server runs).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .init();
+
+    let data_dir = DataDir::new(cli.data_dir);
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(&data_dir, args).await,
+        Command::Events(command) => events::run(&data_dir, command).await,
+        Command::Projections(command) => projections::run(&data_dir, command).await,
+        Command::Admin(command) => admin::run(&data_dir, command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

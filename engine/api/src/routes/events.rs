@@ -1,0 +1,460 @@
+//! `POST /v1/events` (ingest app events, plain or CloudEvents) and
+//! `GET /v1/events` (read them back, filtered and paged).
+//!
+//! CloudEvents 1.0 structured mode (`application/cloudevents+json`, and
+//! `application/cloudevents-batch+json` for a JSON array) is accepted:
+//! `type` becomes the event type, `subject` the stream, `data` the body, and
+//! `source` with `id` the idempotency key (a CloudEvent is identified by the
+//! pair). `specversion` must be `"1.0"`; `time` must be RFC 3339,
+//! `datacontenttype` a JSON media type; `time`, `datacontenttype` and
+//! `dataschema` are checked but not kept (the envelope records the server's
+//! time). `data_base64` and extension attributes are refused.
+
+use std::collections::HashSet;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use spool_log::{Append, NewEvent};
+use spool_schemas::{
+    AppEvent, AppEventType, Event, EventId, Position, RESERVED_NAMESPACES, Scope, StreamName,
+    TenantId,
+};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::problem::{Problem, ProblemBody, ProblemKind};
+use crate::routes::{EventView, event_filter, is_app_event, query};
+use crate::{AppState, Caller, DEFAULT_PAGE, MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_PAGE};
+
+/// How many reads one page may take before it answers with what it has
+/// (and `has_more`), so a sparse filter over a long log stays bounded.
+const MAX_READS_PER_PAGE: usize = 100;
+
+/// The longest client-chosen id.
+const MAX_CLIENT_ID_LEN: usize = 256;
+
+/// One app event, named with CloudEvents' attribute names.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppEventRequest {
+    /// `^[a-zA-Z0-9_.-]{1,128}$`, outside Spool's namespaces (`api.`, `key.`…).
+    #[serde(rename = "type")]
+    #[schema(example = "order.created")]
+    pub event_type: String,
+    /// Any JSON; `null` when absent.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// The stream the event belongs to, such as `order/42`; defaults to the
+    /// type name. May not start with a Spool namespace and `/`.
+    #[schema(example = "order/42")]
+    pub subject: Option<String>,
+    /// A client-chosen id (1 to 256 characters): sending the same id again
+    /// stores nothing new and answers with the stored event.
+    #[schema(example = "order-42-created")]
+    pub id: Option<String>,
+}
+
+/// Several app events, stored atomically (all or none).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1,000 events.
+    pub events: Vec<AppEventRequest>,
+}
+
+/// The body of `POST /v1/events` (`application/json`).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // Documentation only: the body is parsed by hand.
+pub enum IngestRequest {
+    One(AppEventRequest),
+    Batch(BatchRequest),
+}
+
+/// A CloudEvents 1.0 event in structured mode.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEventRequest {
+    #[schema(example = "1.0")]
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub subject: Option<String>,
+    pub time: Option<String>,
+    pub datacontenttype: Option<String>,
+    pub dataschema: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
+    /// Refused: only JSON data is supported.
+    pub data_base64: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IngestResponse {
+    /// One per event sent, in order.
+    pub events: Vec<IngestedEvent>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct IngestedEvent {
+    #[schema(value_type = String)]
+    pub id: EventId,
+    pub position: u64,
+    pub stream: String,
+    pub stream_version: u64,
+    /// The event was already stored (a retry with the same `id`).
+    pub duplicate: bool,
+}
+
+/// An event ready to append, checked.
+struct Incoming {
+    event_type: AppEventType,
+    data: serde_json::Value,
+    stream: StreamName,
+    client_id: Option<String>,
+}
+
+/// Ingest one app event or a batch.
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    tag = "events",
+    request_body(
+        description = "An app event, `{\"events\": [...]}`, or a CloudEvent (`application/cloudevents+json`, `application/cloudevents-batch+json`). At most 1 MiB.",
+        content(
+            (IngestRequest = "application/json"),
+            (CloudEventRequest = "application/cloudevents+json"),
+            (Vec<CloudEventRequest> = "application/cloudevents-batch+json"),
+        ),
+    ),
+    responses(
+        (status = 201, description = "Stored (or already stored)", body = IngestResponse),
+        (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks `events:write`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported media type", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid event", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn ingest(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<IngestResponse>), Problem> {
+    caller.require(Scope::EventsWrite)?;
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(_) => Problem::new(
+            ProblemKind::BODY_TOO_LARGE,
+            format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
+        ),
+        other => Problem::new(ProblemKind::INVALID_BODY, other.body_text()),
+    })?;
+    let incoming = parse_body(&headers, &body)?;
+    let tenant = caller.tenant;
+
+    let mut seen = HashSet::new();
+    let mut events = Vec::with_capacity(incoming.len());
+    for (index, event) in incoming.into_iter().enumerate() {
+        let id = match &event.client_id {
+            Some(client_id) => EventId::from_client_id(tenant, client_id),
+            None => EventId::new(),
+        };
+        if !seen.insert(id) {
+            return Err(Problem::new(
+                ProblemKind::DUPLICATE_EVENT_ID,
+                format!("events[{index}] repeats the id of an earlier event of the batch"),
+            ));
+        }
+        let mut new_event = NewEvent::new(
+            tenant,
+            event.stream,
+            Event::App(AppEvent { event_type: event.event_type, data: event.data }),
+        );
+        new_event.id = id;
+        events.push(new_event);
+    }
+    let streams: Vec<String> =
+        events.iter().map(|event| event.stream.as_str().to_owned()).collect();
+    let appended = state.log.append(Append::new(events)).await?;
+    metrics::counter!("spool_events_ingested_total")
+        .increment(appended.iter().filter(|a| !a.already_stored).count() as u64);
+    let events = appended
+        .into_iter()
+        .zip(streams)
+        .map(|(appended, stream)| IngestedEvent {
+            id: appended.id,
+            position: appended.position.0,
+            stream,
+            stream_version: appended.stream_version,
+            duplicate: appended.already_stored,
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(IngestResponse { events })))
+}
+
+enum BodyFormat {
+    Plain,
+    CloudEvent,
+    CloudEventBatch,
+}
+
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Incoming>, Problem> {
+    let format = match headers.get(header::CONTENT_TYPE) {
+        None => BodyFormat::Plain,
+        Some(value) => {
+            let essence = value
+                .to_str()
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            match essence.as_str() {
+                "application/json" => BodyFormat::Plain,
+                "application/cloudevents+json" => BodyFormat::CloudEvent,
+                "application/cloudevents-batch+json" => BodyFormat::CloudEventBatch,
+                _ => {
+                    return Err(Problem::new(
+                        ProblemKind::UNSUPPORTED_MEDIA_TYPE,
+                        "send application/json, application/cloudevents+json or \
+                         application/cloudevents-batch+json",
+                    ));
+                }
+            }
+        }
+    };
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|error| Problem::new(ProblemKind::MALFORMED_JSON, error.to_string()))?;
+    let incoming = match format {
+        BodyFormat::Plain => {
+            let requests = if json.get("events").is_some() {
+                typed::<BatchRequest>(json, ProblemKind::INVALID_BODY)?.events
+            } else {
+                vec![typed::<AppEventRequest>(json, ProblemKind::INVALID_BODY)?]
+            };
+            check_batch_size(requests.len())?;
+            requests
+                .into_iter()
+                .enumerate()
+                .map(|(index, request)| {
+                    incoming_app_event(request).map_err(|problem| at_index(problem, index))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        BodyFormat::CloudEvent => {
+            vec![incoming_cloud_event(typed(json, ProblemKind::INVALID_CLOUDEVENT)?)?]
+        }
+        BodyFormat::CloudEventBatch => {
+            let requests: Vec<CloudEventRequest> = typed(json, ProblemKind::INVALID_CLOUDEVENT)?;
+            check_batch_size(requests.len())?;
+            requests
+                .into_iter()
+                .enumerate()
+                .map(|(index, request)| {
+                    incoming_cloud_event(request).map_err(|problem| at_index(problem, index))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    Ok(incoming)
+}
+
+fn typed<T: DeserializeOwned>(json: serde_json::Value, kind: ProblemKind) -> Result<T, Problem> {
+    serde_json::from_value(json).map_err(|error| Problem::new(kind, error.to_string()))
+}
+
+fn at_index(problem: Problem, index: usize) -> Problem {
+    Problem::new(problem.kind, format!("events[{index}]: {}", problem.detail))
+}
+
+fn check_batch_size(n_events: usize) -> Result<(), Problem> {
+    if n_events == 0 || n_events > MAX_BATCH_EVENTS {
+        return Err(Problem::new(
+            ProblemKind::TOO_MANY_EVENTS,
+            format!("a batch holds 1 to {MAX_BATCH_EVENTS} events, this one holds {n_events}"),
+        ));
+    }
+    Ok(())
+}
+
+fn incoming_app_event(request: AppEventRequest) -> Result<Incoming, Problem> {
+    if let Some(id) = &request.id
+        && (id.is_empty() || id.len() > MAX_CLIENT_ID_LEN)
+    {
+        return Err(Problem::new(
+            ProblemKind::INVALID_BODY,
+            format!("`id` must be 1 to {MAX_CLIENT_ID_LEN} bytes long"),
+        ));
+    }
+    let (event_type, stream) = type_and_stream(request.event_type, request.subject)?;
+    Ok(Incoming { event_type, data: request.data, stream, client_id: request.id })
+}
+
+fn incoming_cloud_event(request: CloudEventRequest) -> Result<Incoming, Problem> {
+    let invalid = |detail: String| Problem::new(ProblemKind::INVALID_CLOUDEVENT, detail);
+    if request.specversion != "1.0" {
+        return Err(invalid(format!(
+            "specversion {:?} is not supported; send \"1.0\"",
+            request.specversion
+        )));
+    }
+    if request.id.is_empty() || request.source.is_empty() {
+        return Err(invalid("`id` and `source` must not be empty".to_owned()));
+    }
+    let client_id = format!("{}\n{}", request.source, request.id);
+    if client_id.len() > MAX_CLIENT_ID_LEN * 4 {
+        return Err(invalid("`source` and `id` are too long".to_owned()));
+    }
+    if request.data_base64.is_some() {
+        return Err(invalid("`data_base64` is not supported; send JSON `data`".to_owned()));
+    }
+    if let Some(time) = &request.time {
+        chrono::DateTime::parse_from_rfc3339(time)
+            .map_err(|error| invalid(format!("`time` is not RFC 3339: {error}")))?;
+    }
+    if request.dataschema.as_deref() == Some("") {
+        return Err(invalid("`dataschema` must not be empty".to_owned()));
+    }
+    if let Some(content_type) = &request.datacontenttype {
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(invalid(format!(
+                "datacontenttype {content_type:?} is not supported; only JSON data is"
+            )));
+        }
+    }
+    let (event_type, stream) = type_and_stream(request.event_type, request.subject)?;
+    Ok(Incoming {
+        event_type,
+        data: request.data.unwrap_or(serde_json::Value::Null),
+        stream,
+        client_id: Some(client_id),
+    })
+}
+
+fn type_and_stream(
+    event_type: String,
+    subject: Option<String>,
+) -> Result<(AppEventType, StreamName), Problem> {
+    let event_type = AppEventType::new(event_type)
+        .map_err(|error| Problem::new(ProblemKind::INVALID_EVENT_TYPE, error.to_string()))?;
+    let stream = match subject {
+        None => StreamName::new(event_type.as_str()).expect("event types are stream names"),
+        Some(subject) => {
+            let stream = StreamName::new(subject)
+                .map_err(|error| Problem::new(ProblemKind::INVALID_SUBJECT, error.to_string()))?;
+            // Spool's own streams (`tenant/…`, `key/…`, `api/…`) share the
+            // tenant's stream names; an app event must not join one.
+            let namespace = stream.as_str().split('/').next().unwrap_or_default();
+            if stream.as_str().contains('/')
+                && RESERVED_NAMESPACES.contains(&namespace.to_ascii_lowercase().as_str())
+            {
+                return Err(Problem::new(
+                    ProblemKind::INVALID_SUBJECT,
+                    format!("subject {stream} uses a namespace reserved for Spool's own streams"),
+                ));
+            }
+            stream
+        }
+    };
+    Ok((event_type, stream))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Comma-separated type names or `prefix.*` patterns.
+    #[serde(rename = "type")]
+    #[param(rename = "type", example = "order.*")]
+    pub types: Option<String>,
+    /// Only events of this stream (subject).
+    pub stream: Option<String>,
+    /// Start after this position (the `next` of the previous page).
+    pub after: Option<u64>,
+    /// 1 to 1,000; 100 by default.
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventPage {
+    pub events: Vec<EventView>,
+    /// Pass as `after` to read on (also to poll for newer events).
+    pub next: u64,
+    /// Whether more events may follow `next` already.
+    pub has_more: bool,
+}
+
+/// The tenant's app events, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of events", body = EventPage),
+        (status = 400, description = "Invalid query", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    list_query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<EventPage>, Problem> {
+    caller.require(Scope::EventsRead)?;
+    let list_query = query(list_query)?;
+    let limit = list_query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::new(
+            ProblemKind::INVALID_QUERY,
+            format!("limit must be 1 to {MAX_PAGE}"),
+        ));
+    }
+    let filter =
+        event_filter(caller.tenant, list_query.types.as_deref(), list_query.stream.as_deref())?;
+    let page =
+        read_page(&state, caller.tenant, filter, Position(list_query.after.unwrap_or(0)), limit)
+            .await?;
+    Ok(Json(page))
+}
+
+async fn read_page(
+    state: &AppState,
+    tenant: TenantId,
+    filter: spool_log::Filter,
+    mut after: Position,
+    limit: usize,
+) -> Result<EventPage, Problem> {
+    debug_assert_eq!(filter.tenant, Some(tenant));
+    let head = *state.log.head().borrow();
+    let mut events = Vec::new();
+    let mut reads = 0;
+    while events.len() < limit && after < head && reads < MAX_READS_PER_PAGE {
+        let batch = state.log.read(after, limit - events.len(), &filter).await?;
+        reads += 1;
+        for event in batch.events {
+            if is_app_event(&event) {
+                events.push(EventView::from_stored(event)?);
+            }
+        }
+        if batch.scanned_to <= after {
+            break;
+        }
+        after = batch.scanned_to;
+    }
+    Ok(EventPage { events, next: after.0, has_more: after < head })
+}

@@ -1,0 +1,110 @@
+//! The handlers, one module per resource, and what they share: the event
+//! view of the wire format, filter parsing, and query-string errors.
+
+pub mod events;
+pub mod ops;
+pub mod stats;
+pub mod stream;
+
+use axum::extract::Query;
+use axum::extract::rejection::QueryRejection;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use spool_log::{Filter, StoredEvent, TypeFilter};
+use spool_schemas::{AppEventType, EventId, StreamName, TenantId};
+use utoipa::ToSchema;
+
+use crate::problem::{Problem, ProblemKind};
+
+/// An event as the API shows it: the envelope's fields, flat.
+#[derive(Serialize, ToSchema)]
+pub struct EventView {
+    #[schema(value_type = String, example = "evt_01932c5a7e4c7d2a9a1f3b4c5d6e7f80")]
+    pub id: EventId,
+    pub position: u64,
+    #[serde(rename = "type")]
+    #[schema(example = "order.created")]
+    pub event_type: String,
+    /// The stream (the event's subject) within the tenant.
+    pub stream: String,
+    pub stream_version: u64,
+    pub recorded_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub causation_id: Option<EventId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub correlation_id: Option<EventId>,
+    /// The body the client sent.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+impl EventView {
+    pub(crate) fn from_stored(event: StoredEvent) -> Result<EventView, Problem> {
+        let data = serde_json::from_str(&event.data).map_err(|error| {
+            Problem::internal(&format!(
+                "stored event at {} has malformed data: {error}",
+                event.position
+            ))
+        })?;
+        Ok(EventView {
+            id: event.id,
+            position: event.position.0,
+            event_type: event.type_name,
+            stream: event.stream.as_str().to_owned(),
+            stream_version: event.stream_version,
+            recorded_at: event.recorded_at,
+            causation_id: event.causation_id,
+            correlation_id: event.correlation_id,
+            data,
+        })
+    }
+}
+
+/// The API shows app events only: Spool's own events (keys, tenants,
+/// `api.call` records) live in the same log but are not part of this view.
+pub(crate) fn is_app_event(event: &StoredEvent) -> bool {
+    AppEventType::new(event.type_name.as_str()).is_ok()
+}
+
+/// The query string, or a `400` naming what is wrong with it.
+pub(crate) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
+    query
+        .map(|Query(query)| query)
+        .map_err(|rejection| Problem::new(ProblemKind::INVALID_QUERY, rejection.body_text()))
+}
+
+/// The filter of the event routes: the caller's tenant, an optional stream,
+/// and a comma-separated list of type names or `prefix.*` patterns.
+pub(crate) fn event_filter(
+    tenant: TenantId,
+    types: Option<&str>,
+    stream: Option<&str>,
+) -> Result<Filter, Problem> {
+    let mut filter = Filter::tenant(tenant);
+    if let Some(stream) = stream {
+        filter.stream = Some(
+            StreamName::new(stream)
+                .map_err(|error| Problem::new(ProblemKind::INVALID_QUERY, error.to_string()))?,
+        );
+    }
+    for pattern in types.into_iter().flat_map(|types| types.split(',')) {
+        let pattern = pattern.trim();
+        let type_filter = TypeFilter::parse(pattern);
+        // A prefix is checked as a name that starts with it, so `order.*`
+        // passes and `api.*` (a Spool namespace) does not.
+        let example = match &type_filter {
+            TypeFilter::Exact(name) => name.clone(),
+            TypeFilter::Prefix(prefix) => format!("{prefix}x"),
+        };
+        AppEventType::new(example).map_err(|error| {
+            Problem::new(
+                ProblemKind::INVALID_QUERY,
+                format!("type filter {pattern:?}: {}", error.rule),
+            )
+        })?;
+        filter.types.push(type_filter);
+    }
+    Ok(filter)
+}

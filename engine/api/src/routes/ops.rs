@@ -1,0 +1,97 @@
+//! Ops routes (`/healthz`, `/readyz`, `/metrics`), unauthenticated and not
+//! recorded, and the problem answers for unknown routes and methods.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use spool_projections::ProjectionState;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::problem::{Problem, ProblemKind};
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    pub status: &'static str,
+    pub projections: Vec<ProjectionView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ProjectionView {
+    pub name: String,
+    pub version: u32,
+    pub checkpoint: u64,
+    pub head: u64,
+    pub lag: u64,
+    /// `live`, `building` or `failed`.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Ready when no projection is building or failed.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "ops",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A projection is building or failed", body = Readiness),
+    ),
+)]
+pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let projections: Vec<ProjectionView> = state
+        .runner
+        .status()
+        .into_iter()
+        .map(|status| {
+            let (state, error) = match status.state {
+                ProjectionState::Live => ("live", None),
+                ProjectionState::Building => ("building", None),
+                ProjectionState::Failed(error) => ("failed", Some(error)),
+            };
+            ProjectionView {
+                name: status.name,
+                version: status.version,
+                checkpoint: status.checkpoint.0,
+                head: status.head.0,
+                lag: status.lag,
+                state,
+                error,
+            }
+        })
+        .collect();
+    let ready = projections.iter().all(|projection| projection.state == "live");
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = Readiness { status: if ready { "ready" } else { "not ready" }, projections };
+    (status, Json(body))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+pub(crate) async fn not_found() -> Problem {
+    Problem::new(ProblemKind::NOT_FOUND, "no route matches this path")
+}
+
+pub(crate) async fn method_not_allowed() -> Problem {
+    Problem::new(ProblemKind::METHOD_NOT_ALLOWED, "this route does not accept this method")
+}

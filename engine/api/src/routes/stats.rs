@@ -1,0 +1,92 @@
+//! `GET /v1/stats/events`: per-minute counts of the tenant's app events,
+//! from the `event_counts` read model.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use spool_projections::event_counts::{self, EventCountsQuery};
+use spool_schemas::Scope;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::problem::{Problem, ProblemBody, ProblemKind};
+use crate::routes::query;
+use crate::{AppState, Caller};
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// RFC 3339; minutes starting at or after this instant.
+    #[param(value_type = Option<String>, example = "2026-01-01T00:00:00Z")]
+    pub from: Option<DateTime<Utc>>,
+    /// RFC 3339; minutes starting before this instant.
+    #[param(value_type = Option<String>, example = "2026-01-02T00:00:00Z")]
+    pub to: Option<DateTime<Utc>>,
+    /// Only this event type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventCounts {
+    pub counts: Vec<MinuteCountView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MinuteCountView {
+    /// The start of the minute.
+    pub minute: DateTime<Utc>,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub count: u64,
+}
+
+/// Per-minute event counts.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/events",
+    tag = "stats",
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "Counts per minute and type", body = EventCounts),
+        (status = 400, description = "Invalid query", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn event_counts(
+    State(state): State<AppState>,
+    caller: Caller,
+    stats_query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<EventCounts>, Problem> {
+    caller.require(Scope::EventsRead)?;
+    let stats_query = query(stats_query)?;
+    if let (Some(from), Some(to)) = (stats_query.from, stats_query.to)
+        && from > to
+    {
+        return Err(Problem::new(ProblemKind::INVALID_QUERY, "`from` must not be after `to`"));
+    }
+    let counts = event_counts::query(
+        &state.views,
+        caller.tenant,
+        &EventCountsQuery {
+            from: stats_query.from,
+            to: stats_query.to,
+            event_type: stats_query.event_type,
+        },
+    )
+    .await?;
+    let counts = counts
+        .into_iter()
+        .map(|count| MinuteCountView {
+            minute: count.minute,
+            event_type: count.event_type,
+            count: count.count,
+        })
+        .collect();
+    Ok(Json(EventCounts { counts }))
+}
