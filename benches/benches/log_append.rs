@@ -50,14 +50,20 @@ async fn open_log() -> (tempfile::TempDir, Arc<SqliteLog>) {
 
 async fn concurrent_singles(log: &Arc<SqliteLog>, tenant: TenantId, appenders: u64) -> Duration {
     let per_appender = EVENTS_PER_ITERATION / appenders;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..appenders)
+    // Built before the clock starts, as the baseline's rows are.
+    let events: Vec<Vec<NewEvent>> = (0..appenders)
         .map(|appender| {
+            (0..per_appender).map(|i| event(tenant, appender * per_appender + i)).collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let tasks: Vec<_> = events
+        .into_iter()
+        .map(|events| {
             let log = log.clone();
             tokio::spawn(async move {
-                for i in 0..per_appender {
-                    let n = appender * per_appender + i;
-                    log.append(Append::new(vec![event(tenant, n)])).await.unwrap();
+                for event in events {
+                    log.append(Append::new(vec![event])).await.unwrap();
                 }
             })
         })

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::{Append, Appended, Error, Filter, Log, ReadBatch, Result, StoredEvent, TypeFilter};
 
-use rows::{SELECT_EVENTS, decode_row};
+use rows::{StreamNames, batch_query};
 use writer::{Reply, WriteRequest, Writer};
 
 /// How many positions one [`Log::read`] examines at most.
@@ -75,6 +75,7 @@ pub struct SqliteLog {
     requests: Mutex<Option<mpsc::Sender<(WriteRequest, Reply)>>>,
     writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     readers: SqlitePool,
+    names: StreamNames,
     head: Arc<watch::Sender<Position>>,
     foreign_poll: JoinHandle<()>,
 }
@@ -124,6 +125,9 @@ impl SqliteLog {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(synchronous)
+                // Multi-row INSERTs come in every size from 1 to 100 rows;
+                // each size is its own statement and should stay prepared.
+                .statement_cache_capacity(512)
                 .connect()
                 .await?;
             for statement in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
@@ -137,7 +141,7 @@ impl SqliteLog {
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
-            .connect_with(base.read_only(true))
+            .connect_with(base.read_only(true).row_buffer_size(4_096))
             .await?;
         if options.read_only {
             head_position = max_position(&readers).await?;
@@ -155,6 +159,7 @@ impl SqliteLog {
             requests: Mutex::new(requests),
             writer: tokio::sync::Mutex::new(writer),
             readers,
+            names: StreamNames::default(),
             head,
             foreign_poll,
         })
@@ -166,11 +171,11 @@ impl SqliteLog {
 
     async fn fetch(
         &self,
-        sql: &str,
+        from_where_order_limit: &str,
         bind: impl FnOnce(SqlQuery<'_>) -> SqlQuery<'_>,
     ) -> Result<Vec<StoredEvent>> {
-        let rows = bind(sqlx::query(sql)).fetch_all(&self.readers).await?;
-        rows.iter().map(decode_row).collect()
+        let sql = batch_query(from_where_order_limit);
+        rows::fetch_batch(&self.readers, &self.names, bind(sqlx::query(&sql))).await
     }
 }
 
@@ -237,12 +242,18 @@ impl Log for SqliteLog {
         if upper <= after || limit == 0 {
             return Ok(ReadBatch { events: Vec::new(), scanned_to: after.max(upper.min(after)) });
         }
-        let mut sql = format!("{SELECT_EVENTS} WHERE e.position > ? AND e.position <= ?");
-        if filter.tenant.is_some() {
-            sql.push_str(" AND s.tenant = ?");
-        }
-        if filter.stream.is_some() {
-            sql.push_str(" AND s.name = ?");
+        let mut sql = "WHERE e.position > ? AND e.position <= ?".to_owned();
+        match (filter.tenant.is_some(), filter.stream.is_some()) {
+            (true, true) => sql.push_str(
+                " AND e.stream_id IN (SELECT stream_id FROM streams WHERE tenant = ? AND name = ?)",
+            ),
+            (true, false) => {
+                sql.push_str(" AND e.stream_id IN (SELECT stream_id FROM streams WHERE tenant = ?)")
+            }
+            (false, true) => {
+                sql.push_str(" AND e.stream_id IN (SELECT stream_id FROM streams WHERE name = ?)")
+            }
+            (false, false) => {}
         }
         if !filter.types.is_empty() {
             let clauses: Vec<&str> = filter
@@ -290,12 +301,10 @@ impl Log for SqliteLog {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
-        let sql = format!(
-            "{SELECT_EVENTS} WHERE e.stream_id = \
+        let sql = "WHERE e.stream_id = \
              (SELECT stream_id FROM streams WHERE tenant = ? AND name = ?) \
-             AND e.stream_version >= ? ORDER BY e.stream_version LIMIT ?"
-        );
-        self.fetch(&sql, |query| {
+             AND e.stream_version >= ? ORDER BY e.stream_version LIMIT ?";
+        self.fetch(sql, |query| {
             query
                 .bind(tenant.as_bytes().to_vec())
                 .bind(stream.as_str().to_owned())
@@ -306,8 +315,8 @@ impl Log for SqliteLog {
     }
 
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {
-        let sql = format!("{SELECT_EVENTS} WHERE e.id = ?");
-        let mut found = self.fetch(&sql, |query| query.bind(id.as_bytes().to_vec())).await?;
+        let mut found =
+            self.fetch("WHERE e.id = ?", |query| query.bind(id.as_bytes().to_vec())).await?;
         Ok(found.pop())
     }
 

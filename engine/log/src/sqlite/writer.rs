@@ -311,6 +311,9 @@ impl Writer {
 
     /// Brings every stream the group touches into the cache.
     async fn load_streams(&mut self, group: &[WriteRequest]) -> Result<()> {
+        let mut missing: Vec<(TenantId, &StreamName)> = Vec::new();
+        let mut seen: std::collections::HashSet<(TenantId, &str)> =
+            std::collections::HashSet::new();
         for request in group {
             let append = &request.append;
             let named = append
@@ -319,26 +322,44 @@ impl Writer {
                 .map(|e| (e.tenant, &e.stream))
                 .chain(append.expected.iter().map(|e| (e.tenant, &e.stream)));
             for (tenant, stream) in named {
-                if cached(&self.streams, tenant, stream).is_some() {
-                    continue;
+                if cached(&self.streams, tenant, stream).is_none()
+                    && seen.insert((tenant, stream.as_str()))
+                {
+                    missing.push((tenant, stream));
                 }
-                let row = sqlx::query(
-                    "SELECT s.stream_id, \
-                     (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = s.stream_id) \
-                     FROM streams s WHERE s.tenant = ? AND s.name = ?",
-                )
-                .bind(tenant.as_bytes().as_slice())
-                .bind(stream.as_str())
-                .fetch_optional(&mut self.connection)
-                .await?;
-                let entry = match row {
-                    Some(row) => CachedStream {
-                        id: Some(row.try_get(0)?),
-                        version: row.try_get::<i64, _>(1)? as u64,
-                    },
-                    None => CachedStream { id: None, version: 0 },
+            }
+        }
+        // One query per 250 unknown streams, not one per stream: a group of
+        // events on new streams (new orders, new users) is the common case.
+        for chunk in missing.chunks(250) {
+            let sql = format!(
+                "WITH wanted (tenant, name) AS (VALUES {}) \
+                 SELECT s.stream_id, s.tenant, s.name, \
+                 (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = s.stream_id) \
+                 FROM wanted w JOIN streams s ON s.tenant = w.tenant AND s.name = w.name",
+                vec!["(?, ?)"; chunk.len()].join(",")
+            );
+            let mut query = sqlx::query(&sql);
+            for (tenant, stream) in chunk {
+                query = query.bind(tenant.as_bytes().as_slice()).bind(stream.as_str());
+            }
+            let mut found: HashMap<(TenantId, String), CachedStream> = HashMap::new();
+            for row in query.fetch_all(&mut self.connection).await? {
+                let tenant: &[u8] = row.try_get(1)?;
+                let tenant = TenantId::from_bytes(tenant.try_into().map_err(|_| {
+                    Error::Invalid("a stored tenant id is not 16 bytes".to_owned())
+                })?);
+                let entry = CachedStream {
+                    id: Some(row.try_get(0)?),
+                    version: row.try_get::<i64, _>(3)? as u64,
                 };
-                self.streams.entry(tenant).or_default().insert(stream.clone(), entry);
+                found.insert((tenant, row.try_get(2)?), entry);
+            }
+            for (tenant, stream) in chunk {
+                let entry = found
+                    .remove(&(*tenant, stream.as_str().to_owned()))
+                    .unwrap_or(CachedStream { id: None, version: 0 });
+                self.streams.entry(*tenant).or_default().insert((*stream).clone(), entry);
                 self.n_cached_streams += 1;
             }
         }
