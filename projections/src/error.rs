@@ -20,9 +20,13 @@ pub enum Error {
     /// A projection this runner was waiting on has failed earlier.
     #[error("projection {projection} has failed: {message}")]
     Failed { projection: &'static str, message: String },
-    /// No built-in projection has this name.
+    /// No projection of this name is built in (or driven by this runner).
     #[error("no projection named {0:?}")]
     UnknownProjection(String),
+    /// The projection has no row in the registry: it was never installed
+    /// in this read-model store.
+    #[error("projection {0} is not installed in the read-model store")]
+    NotInstalled(&'static str),
     /// A row of a read model does not read back as its type.
     #[error("read model {table} holds a malformed row: {message}")]
     Corrupt { table: &'static str, message: String },

@@ -11,7 +11,7 @@ use sqlx::Row;
 
 use crate::projection::physical_name;
 use crate::views::{Connection, Views};
-use crate::{Projection, Result};
+use crate::{Error, Projection, Result};
 
 const CREATE: [&str; 2] = [
     "CREATE TABLE IF NOT EXISTS spool_projections (
@@ -122,7 +122,7 @@ pub(crate) async fn start_build(views: &Views, projection: &dyn Projection) -> R
     let connection = write.connection();
     let stored = load_with(&mut *connection, projection.name())
         .await?
-        .ok_or_else(|| sqlx::Error::RowNotFound)?;
+        .ok_or(Error::NotInstalled(projection.name()))?;
     let mut generation = stored.generation + 1;
     if let Some(stale) = stored.build {
         drop_generation(connection, projection.name(), stale.generation, false).await?;
@@ -141,6 +141,29 @@ pub(crate) async fn start_build(views: &Views, projection: &dyn Projection) -> R
     .await?;
     write.commit().await?;
     Ok(build)
+}
+
+/// Drops an unfinished build and its tables, keeping the serving
+/// generation: for a build of the version that already serves (an
+/// interrupted `spool projections rebuild`), which nothing will resume.
+pub(crate) async fn discard_build(views: &Views, projection: &dyn Projection) -> Result<()> {
+    let mut write = views.write().await?;
+    let connection = write.connection();
+    let stored = load_with(&mut *connection, projection.name())
+        .await?
+        .ok_or(Error::NotInstalled(projection.name()))?;
+    let Some(stale) = stored.build else {
+        return Ok(());
+    };
+    drop_generation(connection, projection.name(), stale.generation, false).await?;
+    sqlx::query(
+        "UPDATE spool_projections SET build_version = NULL, build_generation = NULL, \
+         build_checkpoint = NULL WHERE name = ?",
+    )
+    .bind(projection.name())
+    .execute(&mut *connection)
+    .await?;
+    write.commit().await
 }
 
 /// Moves the checkpoint of the serving generation (`building` false) or of
@@ -167,7 +190,7 @@ pub(crate) async fn swap(views: &Views, projection: &dyn Projection, build: Buil
     let connection = write.connection();
     let stored = load_with(&mut *connection, projection.name())
         .await?
-        .ok_or_else(|| sqlx::Error::RowNotFound)?;
+        .ok_or(Error::NotInstalled(projection.name()))?;
     drop_generation(connection, projection.name(), stored.generation, true).await?;
     point_views(connection, projection, build.generation).await?;
     sqlx::query(

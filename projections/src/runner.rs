@@ -160,7 +160,7 @@ async fn follow(
     };
 
     registry::install(views, projection).await?;
-    let stored = registry::load(views, name).await?.ok_or(sqlx::Error::RowNotFound)?;
+    let stored = registry::load(views, name).await?.ok_or(Error::NotInstalled(name))?;
     if stored.error.is_some() {
         registry::set_error(views, name, None).await?;
     }
@@ -168,6 +168,19 @@ async fn follow(
     let (mut feed, generation, mut checkpoint) = if stored.version == projection.version()
         && stored.version != 0
     {
+        if let Some(stale) = stored.build {
+            // A rebuild of the serving version that stopped half way (an
+            // interrupted `spool projections rebuild`): nothing resumes it,
+            // and the serving tables are current, so it only wastes space
+            // and would show the projection as building forever.
+            tracing::info!(
+                projection = name,
+                version = stale.version,
+                at = %stale.checkpoint,
+                "dropping an unfinished rebuild of the serving version"
+            );
+            registry::discard_build(views, projection).await?;
+        }
         let feed = Feed::start(log.clone(), stored.checkpoint, batch_size);
         (feed, stored.generation, stored.checkpoint)
     } else {
@@ -249,24 +262,49 @@ impl RunnerHandle {
             .collect()
     }
 
+    /// The state of the projection named `name`, if this runner drives it.
+    pub fn state(&self, name: &str) -> Option<ProjectionState> {
+        self.entries
+            .iter()
+            .find(|entry| entry.name == name)
+            .map(|entry| entry.progress.borrow().state.clone())
+    }
+
+    /// Waits until the projection named `name` is live with its checkpoint
+    /// at or past `position`, so that reads of its tables see that event;
+    /// the others may still be building or have failed. Fails when it has
+    /// failed, the runner stops first, or this runner does not drive it.
+    pub async fn wait_for_projection(&self, name: &str, position: Position) -> Result<()> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|entry| entry.name == name)
+            .ok_or_else(|| Error::UnknownProjection(name.to_owned()))?;
+        wait_for_entry(entry, position).await
+    }
+
     /// Waits until every projection is live with its checkpoint at or past
     /// `position`, so that reads through the views see that event. Fails
     /// when a projection has failed or the runner stops first.
     pub async fn wait_for(&self, position: Position) -> Result<()> {
         for entry in self.entries.iter() {
-            let mut progress = entry.progress.clone();
-            let reached = progress
-                .wait_for(|progress| {
-                    matches!(progress.state, ProjectionState::Failed(_))
-                        || (progress.state == ProjectionState::Live
-                            && progress.checkpoint >= position)
-                })
-                .await
-                .map_err(|_| Error::Stopped)?;
-            if let ProjectionState::Failed(message) = &reached.state {
-                return Err(Error::Failed { projection: entry.name, message: message.clone() });
-            }
+            wait_for_entry(entry, position).await?;
         }
         Ok(())
     }
+}
+
+async fn wait_for_entry(entry: &HandleEntry, position: Position) -> Result<()> {
+    let mut progress = entry.progress.clone();
+    let reached = progress
+        .wait_for(|progress| {
+            matches!(progress.state, ProjectionState::Failed(_))
+                || (progress.state == ProjectionState::Live && progress.checkpoint >= position)
+        })
+        .await
+        .map_err(|_| Error::Stopped)?;
+    if let ProjectionState::Failed(message) = &reached.state {
+        return Err(Error::Failed { projection: entry.name, message: message.clone() });
+    }
+    Ok(())
 }

@@ -297,3 +297,58 @@ async fn batches_larger_than_the_logs_read_window_stay_consecutive() {
         assert_eq!(live, rebuilt_counts(log.clone(), tenant).await);
     }
 }
+
+/// Regression: an interrupted `spool projections rebuild` left a build of
+/// the serving version in the registry; the runner ignored it and status
+/// showed the projection as building forever. The runner now drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_rebuild_of_the_serving_version_is_dropped_on_start() {
+    let log = memory_log();
+    let store = temp_views().await;
+    let tenant = TenantId::new();
+    let head = append(log.as_ref(), traffic(&[tenant], 20, at("2026-03-01T10:00:00Z"))).await;
+    let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 7);
+    running.handle.wait_for(head).await.expect("caught up");
+    running.stop().await.expect("stop");
+    let (version, generation, _) = registry_row(&store.views, "event_counts").await;
+
+    // What a rebuild killed half way leaves: a build row of the same
+    // version and its registered shadow table.
+    let stale = generation + 1;
+    sqlx::query(
+        "UPDATE spool_projections SET build_version = ?, build_generation = ?, \
+         build_checkpoint = 5 WHERE name = 'event_counts'",
+    )
+    .bind(version)
+    .bind(stale)
+    .execute(store.views.pool())
+    .await
+    .expect("registry");
+    sqlx::query(&format!("CREATE TABLE event_counts_g{stale} (x INTEGER)"))
+        .execute(store.views.pool())
+        .await
+        .expect("shadow table");
+    sqlx::query(
+        "INSERT INTO spool_projection_tables (projection, generation, name) \
+         VALUES ('event_counts', ?, 'event_counts')",
+    )
+    .bind(stale)
+    .execute(store.views.pool())
+    .await
+    .expect("register");
+    let before = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
+    assert_eq!(before[0].state, ProjectionState::Building);
+
+    let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 7);
+    running.handle.wait_for(head).await.expect("caught up");
+    assert_eq!(running.handle.status()[0].state, ProjectionState::Live);
+    running.stop().await.expect("stop");
+
+    let after = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
+    assert_eq!((&after[0].state, after[0].checkpoint), (&ProjectionState::Live, head));
+    assert_eq!(registry_row(&store.views, "event_counts").await, (version, generation, 20));
+    let tables = physical_tables(&store.views).await;
+    let ours: Vec<_> = tables.iter().filter(|t| t.starts_with("event_counts")).collect();
+    assert_eq!(ours, [&format!("event_counts_g{generation}")], "the stale build's table is gone");
+    assert_eq!(counts(&store.views, tenant).await.iter().map(|c| c.count).sum::<u64>(), 20);
+}

@@ -9,6 +9,8 @@ use std::str::FromStr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{KeyId, TenantId};
+
 /// A name that breaks the rules of its kind; the message says which rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {kind} {value:?}: {rule}")]
@@ -62,6 +64,37 @@ impl StreamName {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The stream of a tenant's own lifecycle events: `tenant/<id>`.
+    pub fn for_tenant(tenant: TenantId) -> Self {
+        Self(format!("tenant/{tenant}"))
+    }
+
+    /// The stream of one API key's events: `key/<id>`.
+    pub fn for_key(key_id: KeyId) -> Self {
+        Self(format!("key/{key_id}"))
+    }
+
+    /// The stream of the `api.call` records of one key (`api/<id>`), or of
+    /// requests that presented no valid key (`api/anonymous`).
+    pub fn for_api_calls(key_id: Option<KeyId>) -> Self {
+        match key_id {
+            Some(key_id) => Self(format!("api/{key_id}")),
+            None => Self("api/anonymous".to_owned()),
+        }
+    }
+
+    /// Whether the name lies in a namespace of Spool's own streams
+    /// (`tenant/…`, `key/…`, `api/…`, any of [`RESERVED_NAMESPACES`] followed
+    /// by `/`, in any case). App events may not be appended to such a stream.
+    pub fn is_reserved(&self) -> bool {
+        match self.0.split_once('/') {
+            Some((namespace, _)) => {
+                RESERVED_NAMESPACES.contains(&namespace.to_ascii_lowercase().as_str())
+            }
+            None => false,
+        }
     }
 }
 
@@ -239,6 +272,27 @@ mod tests {
         assert!(StreamName::new("order 42").is_err());
         assert!(StreamName::new("order\n42").is_err());
         assert!(StreamName::new("x".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn typed_stream_constructors_name_reserved_streams() {
+        let (tenant, key) = (TenantId::new(), KeyId::new());
+        assert_eq!(StreamName::for_tenant(tenant).as_str(), format!("tenant/{tenant}"));
+        assert_eq!(StreamName::for_key(key).as_str(), format!("key/{key}"));
+        assert_eq!(StreamName::for_api_calls(Some(key)).as_str(), format!("api/{key}"));
+        assert_eq!(StreamName::for_api_calls(None).as_str(), "api/anonymous");
+        for reserved in [
+            StreamName::for_tenant(tenant),
+            StreamName::for_key(key),
+            StreamName::for_api_calls(None),
+            StreamName::new("Key/whatever").unwrap(),
+            StreamName::new("workflow/").unwrap(),
+        ] {
+            assert!(reserved.is_reserved(), "{reserved}");
+        }
+        for free in ["order/42", "key", "keys/1", "api.call", "order/key/1"] {
+            assert!(!StreamName::new(free).unwrap().is_reserved(), "{free}");
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use spool_projections::ProjectionState;
+use spool_projections::auth::KeyRecord;
 use spool_schemas::{KeyId, Scope, TenantId};
 
 use crate::AppState;
@@ -20,6 +22,8 @@ pub struct Caller {
     pub key_id: KeyId,
     pub tenant: TenantId,
     pub scopes: Vec<Scope>,
+    /// When the key stops working; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl Caller {
@@ -83,10 +87,47 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
     if !keys::looks_like_key(secret) {
         return Err(invalid());
     }
+    auth_available(state)?;
     let hash = keys::hash_secret(secret);
     let record = spool_projections::auth::key_by_secret_hash(&state.views, &hash)
         .await?
         .ok_or_else(invalid)?;
+    check_record(&record)?;
+    Ok(Caller {
+        key_id: record.key_id,
+        tenant: record.tenant,
+        scopes: record.scopes,
+        expires_at: record.expires_at,
+    })
+}
+
+/// Whether `caller`'s key still authenticates, for requests that outlive
+/// the moment they were authenticated (live streams): `Err` once it was
+/// revoked, has expired, or cannot be checked.
+pub(crate) async fn recheck(state: &AppState, caller: &Caller) -> Result<(), Problem> {
+    auth_available(state)?;
+    let record = spool_projections::auth::key(&state.views, caller.key_id)
+        .await?
+        .ok_or_else(|| Problem::new(ProblemKind::INVALID_KEY, "the API key is not recognised"))?;
+    check_record(&record)
+}
+
+/// Fails closed: with the auth read model stopped, a revocation appended
+/// since would never reach it, so no key can be trusted.
+fn auth_available(state: &AppState) -> Result<(), Problem> {
+    if let Some(ProjectionState::Failed(message)) =
+        state.runner.state(spool_projections::auth::NAME)
+    {
+        tracing::warn!(%message, "refusing a request: the auth projection has failed");
+        return Err(Problem::new(
+            ProblemKind::UNAVAILABLE,
+            "authentication is unavailable right now; try again later",
+        ));
+    }
+    Ok(())
+}
+
+fn check_record(record: &KeyRecord) -> Result<(), Problem> {
     if record.revoked {
         return Err(Problem::new(
             ProblemKind::REVOKED_KEY,
@@ -101,5 +142,5 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
             format!("key {} expired at {}", record.key_id, expires_at.to_rfc3339()),
         ));
     }
-    Ok(Caller { key_id: record.key_id, tenant: record.tenant, scopes: record.scopes })
+    Ok(())
 }

@@ -11,6 +11,7 @@
 //! [`MAX_PAGE`] events.
 
 mod auth;
+pub mod commands;
 pub mod keys;
 mod openapi;
 pub mod problem;
@@ -47,11 +48,18 @@ pub const MAX_PAGE: usize = 1_000;
 pub struct ApiOptions {
     /// How often an idle Server-Sent Events stream gets a keep-alive comment.
     pub sse_keep_alive: Duration,
+    /// How often an open Server-Sent Events stream checks that its key is
+    /// still valid (not revoked, not expired); the stream ends when not.
+    /// A key that expires ends its streams at its expiry regardless.
+    pub sse_key_recheck: Duration,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
-        ApiOptions { sse_keep_alive: Duration::from_secs(15) }
+        ApiOptions {
+            sse_keep_alive: Duration::from_secs(15),
+            sse_key_recheck: Duration::from_secs(2),
+        }
     }
 }
 

@@ -42,6 +42,7 @@ kinds! {
     INVALID_CLOUDEVENT = ("invalid-cloudevent", UNPROCESSABLE_ENTITY, "The CloudEvent is invalid");
     TOO_MANY_EVENTS = ("too-many-events", UNPROCESSABLE_ENTITY, "The batch holds too many or no events");
     DUPLICATE_EVENT_ID = ("duplicate-event-id", UNPROCESSABLE_ENTITY, "The batch holds the same event id twice");
+    UNREADABLE_BODY = ("unreadable-body", BAD_REQUEST, "The request body could not be read");
     BODY_TOO_LARGE = ("body-too-large", PAYLOAD_TOO_LARGE, "The request body is too large");
     UNSUPPORTED_MEDIA_TYPE = ("unsupported-media-type", UNSUPPORTED_MEDIA_TYPE, "The request body's media type is not supported");
     MISSING_KEY = ("missing-key", UNAUTHORIZED, "An API key is required");

@@ -52,8 +52,18 @@ impl Response {
 }
 
 async fn harness() -> Harness {
+    harness_with(ApiOptions::default(), |log| log).await
+}
+
+/// A harness whose API (and recorder) use `app_log(log)`, while the
+/// projections follow the log itself.
+async fn harness_with(
+    options: ApiOptions,
+    app_log: impl FnOnce(Arc<dyn Log>) -> Arc<dyn Log>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn Log> = Arc::new(MemoryLog::new());
+    let api_log = app_log(log.clone());
     let views = Views::open(dir.path().join("views.db")).await.unwrap();
     let (stop, stopped) = watch::channel(false);
     let runner = Runner::new(
@@ -67,15 +77,15 @@ async fn harness() -> Harness {
     tokio::spawn(runner.run(async move {
         let _ = runner_stopped.wait_for(|stopped| *stopped).await;
     }));
-    let recorder = Recorder::new(log.clone(), RecorderOptions::default());
+    let recorder = Recorder::new(api_log.clone(), RecorderOptions::default());
     let state = AppState {
-        log: log.clone(),
+        log: api_log,
         views,
         runner: runner_handle.clone(),
         recorder: recorder.handle(),
         metrics: None,
         shutdown: stopped.clone(),
-        options: ApiOptions::default(),
+        options,
     };
     let mut recorder_stopped = stopped;
     tokio::spawn(recorder.run(async move {
@@ -796,7 +806,10 @@ async fn every_v1_request_is_recorded_as_an_api_call_and_ops_routes_are_not() {
 #[tokio::test]
 async fn the_recorder_appends_what_is_queued_in_one_append_and_applies_backpressure() {
     let log: Arc<dyn Log> = Arc::new(MemoryLog::new());
-    let recorder = Recorder::new(log.clone(), RecorderOptions { capacity: 3, max_batch: 1_000 });
+    let recorder = Recorder::new(
+        log.clone(),
+        RecorderOptions { capacity: 3, max_batch: 1_000, ..RecorderOptions::default() },
+    );
     let handle = recorder.handle();
     let record = || {
         NewEvent::new(
@@ -874,4 +887,341 @@ async fn health_and_readiness_report_the_projections() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"auth") && names.contains(&"event_counts"), "{names:?}");
+}
+
+/// A log that delegates to another, except that its first
+/// `failing_appends` appends fail as storage failures, and events of type
+/// `bad.data` read back with data that is not JSON.
+struct Faulty {
+    inner: Arc<dyn Log>,
+    failing_appends: std::sync::atomic::AtomicUsize,
+}
+
+impl Faulty {
+    fn new(inner: Arc<dyn Log>, failing_appends: usize) -> Arc<Faulty> {
+        Arc::new(Faulty { inner, failing_appends: failing_appends.into() })
+    }
+}
+
+#[async_trait::async_trait]
+impl Log for Faulty {
+    async fn append(&self, append: Append) -> spool_log::Result<Vec<spool_log::Appended>> {
+        use std::sync::atomic::Ordering;
+        let failing = self
+            .failing_appends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
+            return Err(sqlx::Error::PoolTimedOut.into());
+        }
+        self.inner.append(append).await
+    }
+
+    async fn read(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &Filter,
+    ) -> spool_log::Result<spool_log::ReadBatch> {
+        let mut batch = self.inner.read(after, limit, filter).await?;
+        for event in &mut batch.events {
+            if event.type_name == "bad.data" {
+                event.data = "not json".into();
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn read_stream(
+        &self,
+        tenant: TenantId,
+        stream: &StreamName,
+        from_version: u64,
+        limit: usize,
+    ) -> spool_log::Result<Vec<StoredEvent>> {
+        self.inner.read_stream(tenant, stream, from_version, limit).await
+    }
+
+    async fn find(&self, id: spool_schemas::EventId) -> spool_log::Result<Option<StoredEvent>> {
+        self.inner.find(id).await
+    }
+
+    fn head(&self) -> watch::Receiver<Position> {
+        self.inner.head()
+    }
+
+    async fn close(&self) -> spool_log::Result<()> {
+        self.inner.close().await
+    }
+}
+
+fn stream_request(key: &Key, uri: &str) -> Request<Body> {
+    Request::builder()
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {}", key.secret))
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Reads SSE text until the server ends the stream, failing after `within`.
+async fn read_to_end(
+    body: &mut (impl futures::Stream<Item = Result<axum::body::Bytes, axum::Error>> + Unpin),
+    within: Duration,
+) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(within, async {
+        while let Some(chunk) = body.next().await {
+            text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream did not end within {within:?}; got {text:?}"));
+    text
+}
+
+/// Regression: the key of a live stream was checked once, at connect, so
+/// a revoked or expired key kept receiving events.
+#[tokio::test]
+async fn an_open_event_stream_ends_when_its_key_is_revoked_or_expires() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsRead, Scope::EventsWrite]).await;
+    let response = h.app.clone().oneshot(stream_request(&key, "/v1/events/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    h.post_json(&key, json!({"type": "order.created"})).await;
+    read_sse(&mut body, |text| text.contains("event: order.created")).await;
+    h.revoke(&key).await;
+    // Rechecked every 2 s by default.
+    read_to_end(&mut body, Duration::from_secs(5)).await;
+
+    let expiring = h
+        .key(key.tenant, &[Scope::EventsRead], Some(Utc::now() + chrono::Duration::seconds(1)))
+        .await;
+    let response =
+        h.app.clone().oneshot(stream_request(&expiring, "/v1/events/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    read_to_end(&mut body, Duration::from_secs(4)).await;
+}
+
+/// Regression: an event that could not be rendered was skipped silently.
+#[tokio::test]
+async fn an_unrenderable_event_ends_the_stream_with_an_error_naming_its_position() {
+    let h = harness_with(ApiOptions::default(), |log| Faulty::new(log, 0)).await;
+    let key = h.tenant(&[Scope::EventsRead, Scope::EventsWrite]).await;
+    let response = h.app.clone().oneshot(stream_request(&key, "/v1/events/stream")).await.unwrap();
+    let mut body = response.into_body().into_data_stream();
+    let stored = h
+        .post_json(
+            &key,
+            json!({"events": [{"type": "good.one"}, {"type": "bad.data"}, {"type": "good.two"}]}),
+        )
+        .await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.json);
+    let bad_position = stored.json["events"][1]["position"].as_u64().unwrap();
+
+    let text = read_to_end(&mut body, WAIT).await;
+    assert!(text.contains("event: good.one\n"), "{text}");
+    assert!(!text.contains("good.two"), "nothing after the failure: {text}");
+    let error = text.split("\n\n").find(|message| message.contains("event: error")).expect(&text);
+    assert!(!error.contains("id:"), "the error does not move Last-Event-ID: {error}");
+    let data = error.lines().find_map(|line| line.strip_prefix("data: ")).unwrap();
+    let problem: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(problem["type"], "https://spool.dev/problems/internal");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&format!("position {bad_position}")),
+        "{problem}"
+    );
+}
+
+/// Regression: with the auth read model stopped, revocations never reached
+/// it and revoked keys kept working (auth failed open).
+#[tokio::test]
+async fn authenticated_routes_answer_503_once_the_auth_projection_has_failed() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsRead, Scope::EventsWrite]).await;
+    assert_eq!(h.get(Some(&key), "/v1/events").await.status, StatusCode::OK);
+
+    // Two keys with one secret hash: the auth projection's unique index
+    // refuses the second, and the projection stops there.
+    let generated = keys::generate();
+    let twins: Vec<NewEvent> = (0..2)
+        .map(|_| {
+            let key_id = KeyId::new();
+            NewEvent::new(
+                key.tenant,
+                StreamName::for_key(key_id),
+                Event::KeyCreated(KeyCreated {
+                    key_id,
+                    name: "twin".into(),
+                    secret_hash: generated.secret_hash.clone(),
+                    scopes: vec![Scope::EventsRead],
+                    expires_at: None,
+                }),
+            )
+        })
+        .collect();
+    let appended = h.log.append(Append::new(twins)).await.unwrap();
+    let failed = tokio::time::timeout(
+        WAIT,
+        h.runner.wait_for_projection("auth", appended.last().unwrap().position),
+    )
+    .await
+    .unwrap();
+    assert!(failed.is_err(), "the auth projection failed");
+
+    let refused = h.get(Some(&key), "/v1/events").await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.json);
+    assert_eq!(refused.problem_type(), "https://spool.dev/problems/unavailable");
+    assert_eq!(
+        h.post_json(&key, json!({"type": "a.b"})).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let ready = h.get(None, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let auth = ready.json["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|projection| projection["name"] == "auth")
+        .unwrap();
+    assert_eq!(auth["state"], "failed");
+    assert!(auth.get("error").is_none(), "no internals on an open route: {auth}");
+}
+
+/// Regression: a request whose client disconnected before the response was
+/// ready left no `api.call` record (the middleware's future was dropped).
+#[tokio::test]
+async fn a_request_whose_client_went_away_is_recorded_with_status_499() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsWrite]).await;
+    let never_ending =
+        Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/events")
+        .header(header::AUTHORIZATION, format!("Bearer {}", key.secret))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(never_ending)
+        .unwrap();
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(300), h.app.clone().oneshot(request));
+    assert!(abandoned.await.is_err(), "the handler waits for the body");
+
+    let calls = h.api_calls(1).await;
+    assert_eq!(calls[0].0, key.tenant);
+    assert_eq!(calls[0].1.key_id, Some(key.key_id));
+    assert_eq!(calls[0].1.status, spool_api::record::CLIENT_CLOSED_REQUEST);
+    assert_eq!((calls[0].1.method.as_str(), calls[0].1.route.as_str()), ("POST", "/v1/events"));
+}
+
+#[tokio::test]
+async fn a_nonstandard_method_is_recorded_as_other() {
+    let h = harness().await;
+    let request = Request::builder()
+        .method(Method::from_bytes(b"PURGE-12345").unwrap())
+        .uri("/v1/events")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(h.send(request).await.status, StatusCode::METHOD_NOT_ALLOWED);
+    let calls = h.api_calls(1).await;
+    assert_eq!(calls[0].1.method, "OTHER");
+}
+
+/// Regression: one failed append dropped the whole batch of records.
+#[tokio::test]
+async fn the_recorder_retries_a_failed_append_until_it_is_stored() {
+    let memory: Arc<dyn Log> = Arc::new(MemoryLog::new());
+    let log = Faulty::new(memory.clone(), 3);
+    let options = RecorderOptions {
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(10),
+        ..RecorderOptions::default()
+    };
+    let recorder = Recorder::new(log, options);
+    let handle = recorder.handle();
+    for status in [200, 201, 401] {
+        handle
+            .record(NewEvent::new(
+                TenantId::SYSTEM,
+                StreamName::for_api_calls(None),
+                Event::ApiCall(ApiCall {
+                    key_id: None,
+                    method: "GET".into(),
+                    route: "/v1/events".into(),
+                    status,
+                    latency_us: 1,
+                }),
+            ))
+            .await;
+    }
+    drop(handle);
+    let report = tokio::time::timeout(WAIT, recorder.run(std::future::pending())).await.unwrap();
+    assert_eq!((report.recorded, report.retries, report.failed), (3, 3, 0), "{report:?}");
+    assert_eq!(*memory.head().borrow(), Position(3));
+}
+
+/// Regression: a plain id and a CloudEvent's `source` + `id` were joined
+/// with a newline, so different events could share an event id.
+#[tokio::test]
+async fn client_ids_of_different_kinds_or_splits_never_collide() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsWrite]).await;
+    let cloud_event = |source: &str, id: &str| {
+        json!({"specversion": "1.0", "id": id, "source": source, "type": "a.b"}).to_string()
+    };
+    let mut ids = Vec::new();
+    for body in
+        [cloud_event("/shop", "A-1"), cloud_event("/shop\nA", "1"), cloud_event("/shop", "A\n1")]
+    {
+        let response = h.post(&key, "application/cloudevents+json", body).await;
+        assert_eq!(response.json["events"][0]["duplicate"], false, "{}", response.json);
+        ids.extend(stored_ids(&response));
+    }
+    let plain = h.post_json(&key, json!({"type": "a.b", "id": "/shop\nA-1"})).await;
+    assert_eq!(plain.json["events"][0]["duplicate"], false, "{}", plain.json);
+    ids.extend(stored_ids(&plain));
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+}
+
+/// Regression: a retry naming another subject was answered with that
+/// subject, not the stream the event is stored in.
+#[tokio::test]
+async fn a_duplicate_reports_the_stored_events_stream() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsWrite]).await;
+    let first = h.post_json(&key, json!({"type": "a.b", "id": "x", "subject": "order/1"})).await;
+    let retry = h.post_json(&key, json!({"type": "a.b", "id": "x", "subject": "order/2"})).await;
+    assert_eq!(retry.json["events"][0]["duplicate"], true);
+    assert_eq!(retry.json["events"][0]["stream"], "order/1");
+    assert_eq!(retry.json["events"][0]["position"], first.json["events"][0]["position"]);
+}
+
+/// Regression: any failure to read the body was answered `413`.
+#[tokio::test]
+async fn a_body_that_cannot_be_read_is_a_400_not_a_413() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsWrite]).await;
+    let broken = Body::from_stream(futures::stream::iter([
+        Ok(b"{\"type\":".to_vec()),
+        Err(std::io::Error::other("connection reset")),
+    ]));
+    let response = h.post(&key, "application/json", broken).await;
+    assert_eq!(response.status, StatusCode::BAD_REQUEST, "{}", response.json);
+    assert_eq!(response.problem_type(), "https://spool.dev/problems/unreadable-body");
+}
+
+#[tokio::test]
+async fn stats_refuse_type_filters_that_events_refuse() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsRead]).await;
+    for uri in ["/v1/stats/events?type=api.*", "/v1/stats/events?type=has%20space"] {
+        let response = h.get(Some(&key), uri).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{uri}: {}", response.json);
+        assert_eq!(response.problem_type(), "https://spool.dev/problems/invalid-query");
+    }
+    assert_eq!(h.get(Some(&key), "/v1/stats/events?type=order.*").await.status, StatusCode::OK);
 }

@@ -5,11 +5,11 @@
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use spool_api::keys::{self, GeneratedKey};
-use spool_log::{Append, Filter, Log, NewEvent, TypeFilter};
+use spool_api::commands::{self, KeyOptions};
+use spool_api::keys::GeneratedKey;
+use spool_log::{Append, Filter, Log, StoredEvent, TypeFilter};
 use spool_schemas::{
-    Event, KeyCreated, KeyId, KeyRevoked, Payload, Position, Scope, StreamName, TenantCreated,
-    TenantId,
+    Event, KeyCreated, KeyId, KeyRevoked, Payload, Position, Scope, StreamName, TenantId,
 };
 
 use crate::datadir::DataDir;
@@ -62,18 +62,22 @@ pub(crate) async fn run(data_dir: &DataDir, command: AdminCommand) -> anyhow::Re
     let log = data_dir.open_log_writer().await?;
     let result = match command {
         AdminCommand::Tenant(TenantCommand::Create { name, json }) => {
-            let (tenant, key, events) = new_tenant(&name, "admin");
-            log.append(Append::new(events)).await?;
-            print_key(tenant, &key, json, "admin key");
+            let created = commands::new_tenant(&name, "admin");
+            log.append(Append::new(created.events)).await?;
+            print_key(created.tenant, &created.key, json, "admin key");
             Ok(())
         }
         AdminCommand::Key(KeyCommand::Create { tenant, name, scopes, expires_at, json }) => {
-            create_key(&*log, tenant, name, scopes, expires_at, json).await
+            create_key(&*log, tenant, KeyOptions { name, scopes, expires_at }, json).await
         }
         AdminCommand::Key(KeyCommand::Revoke { key_id }) => revoke_key(&*log, key_id).await,
     };
-    log.close().await?;
-    result
+    // Close even when the command failed, so that nothing queued is lost;
+    // the command's own error is the one worth reporting.
+    let closed = log.close().await;
+    result?;
+    closed?;
+    Ok(())
 }
 
 fn print_key(tenant: TenantId, key: &GeneratedKey, json: bool, label: &str) {
@@ -94,92 +98,74 @@ fn print_key(tenant: TenantId, key: &GeneratedKey, json: bool, label: &str) {
     }
 }
 
-/// The events that create a tenant with one admin key: `tenant.created`
-/// (stream `tenant/<id>`) and `key.created` (stream `key/<key_id>`), to be
-/// appended together.
-pub(crate) fn new_tenant(name: &str, key_name: &str) -> (TenantId, GeneratedKey, Vec<NewEvent>) {
-    let tenant = TenantId::new();
-    let key = keys::generate();
-    let events = vec![
-        NewEvent::new(
-            tenant,
-            tenant_stream(tenant),
-            Event::TenantCreated(TenantCreated { name: name.to_owned() }),
-        ),
-        key_created(tenant, &key, key_name, vec![Scope::Admin], None),
-    ];
-    (tenant, key, events)
-}
-
-fn key_created(
-    tenant: TenantId,
-    key: &GeneratedKey,
-    name: &str,
-    scopes: Vec<Scope>,
-    expires_at: Option<DateTime<Utc>>,
-) -> NewEvent {
-    NewEvent::new(
-        tenant,
-        key_stream(key.key_id),
-        Event::KeyCreated(KeyCreated {
-            key_id: key.key_id,
-            name: name.to_owned(),
-            secret_hash: key.secret_hash.clone(),
-            scopes,
-            expires_at,
-        }),
-    )
-}
-
-fn tenant_stream(tenant: TenantId) -> StreamName {
-    StreamName::new(format!("tenant/{tenant}")).expect("ids make valid stream names")
-}
-
-fn key_stream(key_id: KeyId) -> StreamName {
-    StreamName::new(format!("key/{key_id}")).expect("ids make valid stream names")
-}
-
 async fn create_key(
     log: &dyn Log,
     tenant: TenantId,
-    name: String,
-    mut scopes: Vec<Scope>,
-    expires_at: Option<DateTime<Utc>>,
+    options: KeyOptions,
     json: bool,
 ) -> anyhow::Result<()> {
     // The log, not the views, is the authority: the views may lag.
-    let created = log.read_stream(tenant, &tenant_stream(tenant), 1, 1).await?;
+    let created = log.read_stream(tenant, &StreamName::for_tenant(tenant), 1, 1).await?;
     if created.is_empty() {
         bail!("no tenant {tenant} in the log");
     }
-    if scopes.is_empty() {
-        scopes = vec![Scope::EventsRead, Scope::EventsWrite];
-    }
-    scopes.sort();
-    scopes.dedup();
-    let key = keys::generate();
-    log.append(Append::new(vec![key_created(tenant, &key, &name, scopes, expires_at)])).await?;
+    let (key, event) = commands::new_key(tenant, options);
+    log.append(Append::new(vec![event])).await?;
     print_key(tenant, &key, json, "key");
     Ok(())
 }
+
+/// How often a revocation that lost a race with another append to the
+/// key's stream is attempted again.
+const REVOKE_ATTEMPTS: usize = 5;
 
 async fn revoke_key(log: &dyn Log, key_id: KeyId) -> anyhow::Result<()> {
     let tenant = find_key_tenant(log, key_id)
         .await?
         .with_context(|| format!("no key {key_id} in the log"))?;
-    let history = log.read_stream(tenant, &key_stream(key_id), 1, 1_000).await?;
-    if history.iter().any(|event| event.type_name == KeyRevoked::TYPE) {
-        println!("key {key_id} was already revoked");
-        return Ok(());
+    let stream = StreamName::for_key(key_id);
+    for _ in 0..REVOKE_ATTEMPTS {
+        let history = read_whole_stream(log, tenant, &stream).await?;
+        if history.iter().any(|event| event.type_name == KeyRevoked::TYPE) {
+            println!("key {key_id} was already revoked");
+            return Ok(());
+        }
+        let version = history.last().map_or(0, |event| event.stream_version);
+        // Expecting the version just read: if another revocation (or any
+        // event of the key) lands in between, this append is refused and
+        // the check above runs again, so a key is revoked once.
+        let append = Append::new(vec![commands::key_revoked(tenant, key_id)]).expect(
+            tenant,
+            stream.clone(),
+            version,
+        );
+        match log.append(append).await {
+            Ok(_) => {
+                println!("revoked {key_id}");
+                return Ok(());
+            }
+            Err(spool_log::Error::Conflict(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
     }
-    log.append(Append::new(vec![NewEvent::new(
-        tenant,
-        key_stream(key_id),
-        Event::KeyRevoked(KeyRevoked { key_id }),
-    )]))
-    .await?;
-    println!("revoked {key_id}");
-    Ok(())
+    bail!("key {key_id} kept changing while being revoked; try again")
+}
+
+async fn read_whole_stream(
+    log: &dyn Log,
+    tenant: TenantId,
+    stream: &StreamName,
+) -> anyhow::Result<Vec<StoredEvent>> {
+    let mut events: Vec<StoredEvent> = Vec::new();
+    loop {
+        let from = events.last().map_or(1, |event| event.stream_version + 1);
+        let batch = log.read_stream(tenant, stream, from, 1_000).await?;
+        let done = batch.len() < 1_000;
+        events.extend(batch);
+        if done {
+            return Ok(events);
+        }
+    }
 }
 
 /// The tenant of a key, from its `key.created` event. Scans the log's
@@ -188,21 +174,19 @@ async fn revoke_key(log: &dyn Log, key_id: KeyId) -> anyhow::Result<()> {
 async fn find_key_tenant(log: &dyn Log, key_id: KeyId) -> anyhow::Result<Option<TenantId>> {
     let filter =
         Filter { types: vec![TypeFilter::Exact(KeyCreated::TYPE.to_owned())], ..Filter::default() };
-    let head = *log.head().borrow();
     let mut after = Position::ZERO;
-    while after < head {
-        let batch = log.read(after, 1_000, &filter).await?;
-        for event in &batch.events {
+    loop {
+        let page = spool_log::read_page(log, after, 1_000, &filter, usize::MAX).await?;
+        for event in &page.events {
             if let Event::KeyCreated(created) = event.event()?
                 && created.key_id == key_id
             {
                 return Ok(Some(event.tenant));
             }
         }
-        if batch.scanned_to <= after {
-            break;
+        if !page.more {
+            return Ok(None);
         }
-        after = batch.scanned_to;
+        after = page.next;
     }
-    Ok(None)
 }

@@ -85,19 +85,11 @@ pub(crate) async fn run(data_dir: &DataDir, command: EventsCommand) -> anyhow::R
 
 async fn list(log: &dyn Log, args: ListArgs) -> anyhow::Result<()> {
     let filter = args.filter.filter();
-    let head = *log.head().borrow();
-    let mut after = Position(args.after);
-    let mut events = Vec::new();
-    while events.len() < args.limit && after < head {
-        let batch = log.read(after, args.limit - events.len(), &filter).await?;
-        events.extend(batch.events);
-        if batch.scanned_to <= after {
-            break;
-        }
-        after = batch.scanned_to;
-    }
+    // No bound on reads: the operator asked for this many, however sparse.
+    let page =
+        spool_log::read_page(log, Position(args.after), args.limit, &filter, usize::MAX).await?;
     let mut printer = Printer::new(args.filter.json);
-    for event in &events {
+    for event in &page.events {
         printer.print(event)?;
     }
     Ok(())

@@ -1,23 +1,31 @@
 //! `spool serve`: the composition of log, projections, recorder and router,
 //! with bootstrap on first start and an orderly shutdown on SIGTERM/Ctrl-C.
 //!
+//! Startup waits only for the `auth` projection to catch up (so keys work
+//! from the first request); the others may still be building or even have
+//! failed, which `/readyz` reports.
+//!
 //! Shutdown order: stop accepting and end live streams, let in-flight
-//! requests finish (axum's graceful shutdown), flush the `api.call`
-//! recorder, stop the projections, then close the log, which drains its
-//! pending appends.
+//! requests finish (axum's graceful shutdown, for at most 30 s), flush the
+//! `api.call` recorder, stop the projections, then close the log, which
+//! drains its pending appends. Every step runs even when an earlier one
+//! failed.
 
+use std::future::IntoFuture;
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use spool_api::commands;
 use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions};
-use spool_log::{Append, Log, SqliteOptions};
-use spool_projections::{Runner, RunnerOptions, Views};
+use spool_log::{Append, Filter, Log, SqliteOptions, TypeFilter};
+use spool_projections::{Runner, RunnerHandle, RunnerOptions, Views};
+use spool_schemas::{Payload, Position, TenantCreated};
 use tokio::sync::watch;
 
-use crate::admin;
 use crate::datadir::DataDir;
 
 #[derive(Args)]
@@ -35,6 +43,18 @@ pub(crate) async fn run(data_dir: &DataDir, args: ServeArgs) -> anyhow::Result<(
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    // Without upkeep the exporter's histograms keep every sample until the
+    // next scrape, which may never come.
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                ticks.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
     let log: Arc<dyn Log> = Arc::new(
         spool_log::SqliteLog::open(data_dir.log_path(), SqliteOptions::default())
             .await
@@ -54,35 +74,89 @@ pub(crate) async fn run(data_dir: &DataDir, args: ServeArgs) -> anyhow::Result<(
     let runner_handle = runner.handle();
     let runner_task = tokio::spawn(runner.run(stopped(runner_stopped)));
 
-    // The views must have caught up with the log before deciding whether a
-    // tenant exists, or a restart would bootstrap a second one.
-    let head = *log.head().borrow();
-    runner_handle.wait_for(head).await.context("the projections did not catch up with the log")?;
-    if spool_projections::auth::tenants(&views).await?.is_empty() {
-        let (tenant, key, events) = admin::new_tenant("default", "bootstrap admin");
-        let appended = log.append(Append::new(events)).await?;
-        let last = appended.last().map(|a| a.position).unwrap_or_default();
-        println!("bootstrap tenant: {tenant}");
-        println!("admin key: {}", key.secret);
+    // From here on the log is open and the runner runs: whatever fails,
+    // `stop` below still closes them.
+    let started = start(data_dir, &args, &log, &views, &runner_handle, metrics).await;
+    let served = match started {
+        Ok(started) => serve(started).await,
+        Err(error) => Err(error),
+    };
+    let stopped = stop(log, stop_runner, runner_task).await;
+    upkeep.abort();
+    served?;
+    stopped?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// How often the metrics exporter drains its histogram buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// How long in-flight requests get to finish once shutdown began.
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(30);
+
+/// What `serve` needs, once started.
+struct Started {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    recorder: Recorder,
+    /// Turns `state.shutdown` true, ending live streams.
+    stop_streams: watch::Sender<bool>,
+    signal: ShutdownSignal,
+}
+
+/// Bootstraps a tenant on first start, waits until keys authenticate, and
+/// binds the listener.
+async fn start(
+    data_dir: &DataDir,
+    args: &ServeArgs,
+    log: &Arc<dyn Log>,
+    views: &Views,
+    runner: &RunnerHandle,
+    metrics: PrometheusHandle,
+) -> anyhow::Result<Started> {
+    // The log is the authority on whether a tenant exists: the views may
+    // lag behind it or be rebuilding, and a restart must not bootstrap a
+    // second tenant.
+    let tenant_created = Filter {
+        types: vec![TypeFilter::Exact(TenantCreated::TYPE.to_owned())],
+        ..Filter::default()
+    };
+    let existing =
+        spool_log::read_page(&**log, Position::ZERO, 1, &tenant_created, usize::MAX).await?;
+    let mut auth_position = *log.head().borrow();
+    if existing.events.is_empty() {
+        let created = commands::new_tenant("default", "bootstrap admin");
+        let appended = log.append(Append::new(created.events)).await?;
+        auth_position = appended.last().map_or(auth_position, |appended| appended.position);
+        println!("bootstrap tenant: {}", created.tenant);
+        println!("admin key: {}", created.key.secret);
         eprintln!("the admin key above is shown only once; store it now");
-        // So that the key authenticates from the first request on.
-        runner_handle.wait_for(last).await?;
+    }
+    // Only the auth projection gates serving, so that every existing key
+    // (and the bootstrap key) authenticates from the first request on. The
+    // others catch up, rebuild or fail while the server runs; `/readyz`
+    // says where they stand.
+    if let Err(error) =
+        runner.wait_for_projection(spool_projections::auth::NAME, auth_position).await
+    {
+        // Serving still answers `/healthz`, `/readyz` and `/metrics`; every
+        // authenticated request gets `503` until the projection is fixed.
+        tracing::error!(%error, "the auth projection cannot catch up; /v1 answers 503");
     }
 
     let recorder = Recorder::new(log.clone(), RecorderOptions::default());
     let (stop_streams, streams_stopped) = watch::channel(false);
     let state = AppState {
         log: log.clone(),
-        views,
-        runner: runner_handle,
+        views: views.clone(),
+        runner: runner.clone(),
         recorder: recorder.handle(),
         metrics: Some(metrics),
         shutdown: streams_stopped,
         options: ApiOptions::default(),
     };
-    let (stop_recorder, recorder_stopped) = watch::channel(false);
-    let recorder_task = tokio::spawn(recorder.run(stopped(recorder_stopped)));
-
+    let signal = ShutdownSignal::install()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -90,33 +164,69 @@ pub(crate) async fn run(data_dir: &DataDir, args: ServeArgs) -> anyhow::Result<(
     println!("listening on {address}");
     std::io::stdout().flush()?;
     tracing::info!(%address, data_dir = %data_dir.root().display(), "serving");
+    Ok(Started { listener, state, recorder, stop_streams, signal })
+}
 
-    let served = axum::serve(listener, spool_api::router(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
+/// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish for
+/// at most [`GRACEFUL_SHUTDOWN`], then flushes the `api.call` recorder.
+async fn serve(started: Started) -> anyhow::Result<()> {
+    let Started { listener, state, recorder, stop_streams, signal } = started;
+    let streams_stopped = state.shutdown.clone();
+    let (stop_recorder, recorder_stopped) = watch::channel(false);
+    let recorder_task = tokio::spawn(recorder.run(stopped(recorder_stopped)));
+
+    let server =
+        axum::serve(listener, spool_api::router(state)).with_graceful_shutdown(async move {
+            signal.recv().await;
             tracing::info!("shutting down: finishing in-flight requests");
             let _ = stop_streams.send(true);
-        })
-        .await;
+        });
+    let deadline = async {
+        stopped(streams_stopped).await;
+        tokio::time::sleep(GRACEFUL_SHUTDOWN).await;
+    };
+    let served = tokio::select! {
+        served = server.into_future() => served.context("the server failed"),
+        () = deadline => {
+            tracing::warn!(
+                after = ?GRACEFUL_SHUTDOWN,
+                "in-flight requests did not finish in time; stopping without them"
+            );
+            Ok(())
+        }
+    };
 
     // Whatever happened to the server, keep what was recorded.
     let _ = stop_recorder.send(true);
-    let report = recorder_task.await.context("the api.call recorder panicked")?;
-    tracing::info!(
-        recorded = report.recorded,
-        appends = report.appends,
-        failed = report.failed,
-        "api.call recorder flushed"
-    );
-    let _ = stop_runner.send(true);
-    let projections = runner_task.await.context("the projection runner panicked")?;
-    log.close().await.context("closing the log failed")?;
-    served.context("the server failed")?;
-    if let Err(error) = projections {
-        tracing::error!(%error, "a projection failed while serving");
+    match recorder_task.await {
+        Ok(report) => tracing::info!(
+            recorded = report.recorded,
+            appends = report.appends,
+            retries = report.retries,
+            failed = report.failed,
+            "api.call recorder flushed"
+        ),
+        Err(panic) => tracing::error!(%panic, "the api.call recorder panicked"),
     }
-    tracing::info!("stopped");
-    Ok(())
+    served
+}
+
+/// Stops the projections and closes the log, each whatever became of the
+/// other; the first failure is returned, every one is logged.
+async fn stop(
+    log: Arc<dyn Log>,
+    stop_runner: watch::Sender<bool>,
+    runner_task: tokio::task::JoinHandle<spool_projections::Result<()>>,
+) -> anyhow::Result<()> {
+    let _ = stop_runner.send(true);
+    match runner_task.await {
+        Ok(Ok(())) => {}
+        // A failed projection was reported when it failed and is in the
+        // registry; it does not make the shutdown fail.
+        Ok(Err(error)) => tracing::error!(%error, "a projection failed while serving"),
+        Err(panic) => tracing::error!(%panic, "the projection runner panicked"),
+    }
+    log.close().await.context("closing the log failed")
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -124,29 +234,40 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from before the server says
+/// it listens: a signal that arrives before anyone listens for it takes its
+/// default action, which kills the process without a clean shutdown.
+struct ShutdownSignal {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> anyhow::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(ShutdownSignal {
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignal {})
+    }
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(%error, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

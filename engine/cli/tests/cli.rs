@@ -378,3 +378,81 @@ async fn events_commands_read_the_log_beside_a_server_and_after_a_kill() {
     restarted.signal("-TERM");
     assert!(restarted.wait().await.success());
 }
+
+/// Regression: `serve` waited for every projection to be live before it
+/// listened, so one failed projection made it exit. Only `auth` gates it.
+#[tokio::test]
+async fn serve_keeps_serving_with_a_failed_projection_other_than_auth() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path()).await;
+    let key = server.admin_key.clone().unwrap();
+    assert_eq!(post_event(&server.base, &key, json!({"type": "a.b"})).await.status(), 201);
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+
+    // Take event_counts' serving table away: its next batch fails.
+    let views = dir.path().join("views.db");
+    let mut connection =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", views.display())).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'event_counts_g%'",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .unwrap();
+    assert!(!tables.is_empty());
+    for table in tables {
+        sqlx::query(&format!("DROP TABLE {table}")).execute(&mut connection).await.unwrap();
+    }
+    connection.close().await.unwrap();
+
+    for round in 0..2 {
+        let mut server = serve(dir.path()).await;
+        let stored = post_event(&server.base, &key, json!({"type": "a.b"})).await;
+        assert_eq!(stored.status(), 201, "round {round}");
+        assert_eq!(list_status(&server.base, &key).await, 200, "round {round}");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let ready = reqwest::get(format!("{}/readyz", server.base)).await.unwrap();
+            let status = ready.status().as_u16();
+            let body: Value = ready.json().await.unwrap();
+            let counts = body["projections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|projection| projection["name"] == "event_counts")
+                .unwrap()
+                .clone();
+            if counts["state"] == "failed" {
+                assert_eq!(status, 503);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "event_counts never failed: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.signal("-TERM");
+        assert!(server.wait().await.success(), "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_key_twice_stores_one_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path()).await;
+    let tenant = server.tenant.clone().unwrap();
+    let created = stdout(
+        &spool(dir.path(), &["admin", "key", "create", "--tenant", &tenant, "--json"]).await,
+    );
+    let created: Value = serde_json::from_str(created.trim()).unwrap();
+    let key_id = created["key_id"].as_str().unwrap();
+    let first = stdout(&spool(dir.path(), &["admin", "key", "revoke", key_id]).await);
+    assert!(first.starts_with("revoked"), "{first}");
+    let second = stdout(&spool(dir.path(), &["admin", "key", "revoke", key_id]).await);
+    assert!(second.contains("already revoked"), "{second}");
+    let revocations =
+        stdout(&spool(dir.path(), &["events", "list", "--json", "--type", "key.revoked"]).await);
+    assert_eq!(revocations.lines().count(), 1, "{revocations}");
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+}

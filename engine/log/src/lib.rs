@@ -10,6 +10,7 @@ mod error;
 mod filter;
 mod memory;
 mod model;
+mod page;
 mod plan;
 mod sqlite;
 mod tail;
@@ -21,6 +22,7 @@ pub use error::{Error, Result, VersionConflict};
 pub use filter::{Filter, TypeFilter};
 pub use memory::MemoryLog;
 pub use model::{Append, Appended, Expected, NewEvent, ReadBatch, StoredEvent};
+pub use page::{Page, read_page, read_page_where};
 pub use sqlite::{Durability, SqliteLog, SqliteOptions};
 pub use tail::tail;
 

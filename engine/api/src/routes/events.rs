@@ -14,15 +14,14 @@ use std::collections::HashSet;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spool_log::{Append, NewEvent};
 use spool_schemas::{
-    AppEvent, AppEventType, Event, EventId, Position, RESERVED_NAMESPACES, Scope, StreamName,
-    TenantId,
+    AppEvent, AppEventType, Event, EventId, Position, Scope, StreamName, TenantId,
 };
 use utoipa::{IntoParams, ToSchema};
 
@@ -118,7 +117,28 @@ struct Incoming {
     event_type: AppEventType,
     data: serde_json::Value,
     stream: StreamName,
-    client_id: Option<String>,
+    /// The idempotency key: a client-chosen id, or a CloudEvent's
+    /// `source` and `id`.
+    client_id: Option<ClientId>,
+}
+
+/// What identifies an event across retries. Encoded for
+/// [`EventId::from_client_id`] as a JSON array tagged by kind, so that no
+/// plain id can collide with a CloudEvent's pair, nor two pairs with each
+/// other (`("a\nb", "c")` and `("a", "b\nc")` encode differently).
+enum ClientId {
+    Plain(String),
+    CloudEvent { source: String, id: String },
+}
+
+impl ClientId {
+    fn event_id(&self, tenant: TenantId) -> EventId {
+        let key = match self {
+            ClientId::Plain(id) => serde_json::json!(["id", id]),
+            ClientId::CloudEvent { source, id } => serde_json::json!(["ce", source, id]),
+        };
+        EventId::from_client_id(tenant, &key.to_string())
+    }
 }
 
 /// Ingest one app event or a batch.
@@ -136,7 +156,7 @@ struct Incoming {
     ),
     responses(
         (status = 201, description = "Stored (or already stored)", body = IngestResponse),
-        (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, or a body that could not be read", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:write`", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = ProblemBody, content_type = "application/problem+json"),
@@ -153,10 +173,17 @@ pub(crate) async fn ingest(
 ) -> Result<(StatusCode, Json<IngestResponse>), Problem> {
     caller.require(Scope::EventsWrite)?;
     let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(_) => Problem::new(
-            ProblemKind::BODY_TOO_LARGE,
-            format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
-        ),
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            Problem::new(
+                ProblemKind::BODY_TOO_LARGE,
+                format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        // The client sent a body that could not be read to its end (a
+        // broken chunked encoding, a connection reset): not a size problem.
+        BytesRejection::FailedToBufferBody(_) => {
+            Problem::new(ProblemKind::UNREADABLE_BODY, "the request body could not be read")
+        }
         other => Problem::new(ProblemKind::INVALID_BODY, other.body_text()),
     })?;
     let incoming = parse_body(&headers, &body)?;
@@ -166,7 +193,7 @@ pub(crate) async fn ingest(
     let mut events = Vec::with_capacity(incoming.len());
     for (index, event) in incoming.into_iter().enumerate() {
         let id = match &event.client_id {
-            Some(client_id) => EventId::from_client_id(tenant, client_id),
+            Some(client_id) => client_id.event_id(tenant),
             None => EventId::new(),
         };
         if !seen.insert(id) {
@@ -188,17 +215,26 @@ pub(crate) async fn ingest(
     let appended = state.log.append(Append::new(events)).await?;
     metrics::counter!("spool_events_ingested_total")
         .increment(appended.iter().filter(|a| !a.already_stored).count() as u64);
-    let events = appended
-        .into_iter()
-        .zip(streams)
-        .map(|(appended, stream)| IngestedEvent {
+    let mut events = Vec::with_capacity(appended.len());
+    for (appended, requested_stream) in appended.into_iter().zip(streams) {
+        // A retry may name another subject than the stored event has; the
+        // answer describes what is stored.
+        let stream = if appended.already_stored {
+            let stored = state.log.find(appended.id).await?.ok_or_else(|| {
+                Problem::internal(&format!("event {} is stored but not found", appended.id))
+            })?;
+            stored.stream.as_str().to_owned()
+        } else {
+            requested_stream
+        };
+        events.push(IngestedEvent {
             id: appended.id,
             position: appended.position.0,
             stream,
             stream_version: appended.stream_version,
             duplicate: appended.already_stored,
-        })
-        .collect();
+        });
+    }
     Ok((StatusCode::CREATED, Json(IngestResponse { events })))
 }
 
@@ -298,7 +334,12 @@ fn incoming_app_event(request: AppEventRequest) -> Result<Incoming, Problem> {
         ));
     }
     let (event_type, stream) = type_and_stream(request.event_type, request.subject)?;
-    Ok(Incoming { event_type, data: request.data, stream, client_id: request.id })
+    Ok(Incoming {
+        event_type,
+        data: request.data,
+        stream,
+        client_id: request.id.map(ClientId::Plain),
+    })
 }
 
 fn incoming_cloud_event(request: CloudEventRequest) -> Result<Incoming, Problem> {
@@ -312,8 +353,7 @@ fn incoming_cloud_event(request: CloudEventRequest) -> Result<Incoming, Problem>
     if request.id.is_empty() || request.source.is_empty() {
         return Err(invalid("`id` and `source` must not be empty".to_owned()));
     }
-    let client_id = format!("{}\n{}", request.source, request.id);
-    if client_id.len() > MAX_CLIENT_ID_LEN * 4 {
+    if request.source.len() + request.id.len() > MAX_CLIENT_ID_LEN * 4 {
         return Err(invalid("`source` and `id` are too long".to_owned()));
     }
     if request.data_base64.is_some() {
@@ -339,7 +379,7 @@ fn incoming_cloud_event(request: CloudEventRequest) -> Result<Incoming, Problem>
         event_type,
         data: request.data.unwrap_or(serde_json::Value::Null),
         stream,
-        client_id: Some(client_id),
+        client_id: Some(ClientId::CloudEvent { source: request.source, id: request.id }),
     })
 }
 
@@ -356,10 +396,7 @@ fn type_and_stream(
                 .map_err(|error| Problem::new(ProblemKind::INVALID_SUBJECT, error.to_string()))?;
             // Spool's own streams (`tenant/…`, `key/…`, `api/…`) share the
             // tenant's stream names; an app event must not join one.
-            let namespace = stream.as_str().split('/').next().unwrap_or_default();
-            if stream.as_str().contains('/')
-                && RESERVED_NAMESPACES.contains(&namespace.to_ascii_lowercase().as_str())
-            {
+            if stream.is_reserved() {
                 return Err(Problem::new(
                     ProblemKind::INVALID_SUBJECT,
                     format!("subject {stream} uses a namespace reserved for Spool's own streams"),
@@ -436,25 +473,19 @@ async fn read_page(
     state: &AppState,
     tenant: TenantId,
     filter: spool_log::Filter,
-    mut after: Position,
+    after: Position,
     limit: usize,
 ) -> Result<EventPage, Problem> {
     debug_assert_eq!(filter.tenant, Some(tenant));
-    let head = *state.log.head().borrow();
-    let mut events = Vec::new();
-    let mut reads = 0;
-    while events.len() < limit && after < head && reads < MAX_READS_PER_PAGE {
-        let batch = state.log.read(after, limit - events.len(), &filter).await?;
-        reads += 1;
-        for event in batch.events {
-            if is_app_event(&event) {
-                events.push(EventView::from_stored(event)?);
-            }
-        }
-        if batch.scanned_to <= after {
-            break;
-        }
-        after = batch.scanned_to;
-    }
-    Ok(EventPage { events, next: after.0, has_more: after < head })
+    let page = spool_log::read_page_where(
+        &*state.log,
+        after,
+        limit,
+        &filter,
+        MAX_READS_PER_PAGE,
+        is_app_event,
+    )
+    .await?;
+    let events = page.events.into_iter().map(EventView::from_stored).collect::<Result<_, _>>()?;
+    Ok(EventPage { events, next: page.next.0, has_more: page.more })
 }

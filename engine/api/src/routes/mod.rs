@@ -90,21 +90,23 @@ pub(crate) fn event_filter(
         );
     }
     for pattern in types.into_iter().flat_map(|types| types.split(',')) {
-        let pattern = pattern.trim();
-        let type_filter = TypeFilter::parse(pattern);
-        // A prefix is checked as a name that starts with it, so `order.*`
-        // passes and `api.*` (a Spool namespace) does not.
-        let example = match &type_filter {
-            TypeFilter::Exact(name) => name.clone(),
-            TypeFilter::Prefix(prefix) => format!("{prefix}x"),
-        };
-        AppEventType::new(example).map_err(|error| {
-            Problem::new(
-                ProblemKind::INVALID_QUERY,
-                format!("type filter {pattern:?}: {}", error.rule),
-            )
-        })?;
-        filter.types.push(type_filter);
+        filter.types.push(type_filter(pattern)?);
     }
     Ok(filter)
+}
+
+/// One app event type name or `prefix.*` pattern, or a `400`.
+pub(crate) fn type_filter(pattern: &str) -> Result<TypeFilter, Problem> {
+    let pattern = pattern.trim();
+    let type_filter = TypeFilter::parse(pattern);
+    // A prefix is checked as a name that starts with it, so `order.*`
+    // passes and `api.*` (a Spool namespace) does not.
+    let example = match &type_filter {
+        TypeFilter::Exact(name) => name.clone(),
+        TypeFilter::Prefix(prefix) => format!("{prefix}x"),
+    };
+    AppEventType::new(example).map_err(|error| {
+        Problem::new(ProblemKind::INVALID_QUERY, format!("type filter {pattern:?}: {}", error.rule))
+    })?;
+    Ok(type_filter)
 }

@@ -1,5 +1,8 @@
-//! `GET /v1/stats/events`: per-minute counts of the tenant's app events,
-//! from the `event_counts` read model.
+//! `GET /v1/stats/events`: per-minute counts of the tenant's events, from
+//! the `event_counts` read model. Every type is counted, Spool's own
+//! (`api.call`, `key.created`…) included, since they are the tenant's usage
+//! too; the `type` parameter takes app type names and patterns, as
+//! `GET /v1/events` does.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -11,7 +14,7 @@ use spool_schemas::Scope;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
-use crate::routes::query;
+use crate::routes::{query, type_filter};
 use crate::{AppState, Caller};
 
 #[derive(Deserialize, IntoParams)]
@@ -24,9 +27,9 @@ pub struct StatsQuery {
     /// RFC 3339; minutes starting before this instant.
     #[param(value_type = Option<String>, example = "2026-01-02T00:00:00Z")]
     pub to: Option<DateTime<Utc>>,
-    /// Only this event type.
+    /// Only this app event type, or `prefix.*` for a family of them.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", example = "order.*")]
     pub event_type: Option<String>,
 }
 
@@ -45,6 +48,11 @@ pub struct MinuteCountView {
 }
 
 /// Per-minute event counts.
+///
+/// Counts every event of the caller's tenant, including Spool's own records
+/// of it (such as `api.call`, one per API request, and `key.created`);
+/// filter with `type` to see app events only. `type` takes one app event
+/// type name or `prefix.*` pattern, validated as `GET /v1/events` does.
 #[utoipa::path(
     get,
     path = "/v1/stats/events",
@@ -65,6 +73,9 @@ pub(crate) async fn event_counts(
 ) -> Result<Json<EventCounts>, Problem> {
     caller.require(Scope::EventsRead)?;
     let stats_query = query(stats_query)?;
+    if let Some(pattern) = &stats_query.event_type {
+        type_filter(pattern)?;
+    }
     if let (Some(from), Some(to)) = (stats_query.from, stats_query.to)
         && from > to
     {
@@ -76,7 +87,7 @@ pub(crate) async fn event_counts(
         &EventCountsQuery {
             from: stats_query.from,
             to: stats_query.to,
-            event_type: stats_query.event_type,
+            event_type: stats_query.event_type.map(|pattern| pattern.trim().to_owned()),
         },
     )
     .await?;

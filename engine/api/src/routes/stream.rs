@@ -2,21 +2,30 @@
 //! live. Each SSE event carries `id: <position>`, `event: <type>` and the
 //! event as JSON; a client that reconnects with `Last-Event-ID` resumes
 //! right after the last event it saw.
+//!
+//! The stream ends when the server stops, when the key expires, or within
+//! [`crate::ApiOptions::sse_key_recheck`] (2 s) of the key being revoked.
+//! An event that cannot be shown, or a failed read of the log, ends it with
+//! one `event: error` whose data is a problem document naming the position;
+//! no event is ever skipped silently.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use chrono::Utc;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
+use spool_log::StoredEvent;
 use spool_schemas::{Position, Scope};
 use utoipa::IntoParams;
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::{EventView, event_filter, is_app_event, query};
-use crate::{AppState, Caller};
+use crate::{AppState, Caller, auth};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +52,7 @@ pub struct StreamQuery {
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position; overrides `after`"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <type>`, `data: <event JSON>`; keep-alive comments while idle", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <type>`, `data: <event JSON>`; keep-alive comments while idle. Ends when the key is revoked (within 2 s) or expires; a failure ends it with `event: error` and a problem document as data", content_type = "text/event-stream", body = String),
         (status = 400, description = "Invalid query or Last-Event-ID", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
@@ -79,32 +88,92 @@ pub(crate) async fn stream(
     };
 
     let mut shutdown = state.shutdown.clone();
-    let stopped = async move {
+    let server_stopping = async move {
         // Also ends when the sender is gone: the server is stopping either way.
         let _ = shutdown.wait_for(|stopped| *stopped).await;
     };
+    let key_invalid = key_invalid(state.clone(), caller);
+    let ended = futures::future::select(Box::pin(server_stopping), Box::pin(key_invalid));
     let events = spool_log::tail(state.log.clone(), after, filter)
-        .take_until(stopped)
-        .filter_map(|event| async move {
-            match event {
-                Ok(event) if is_app_event(&event) => Some(event),
-                Ok(_) => None,
-                Err(error) => {
-                    tracing::error!(%error, "event stream failed");
-                    None
-                }
-            }
+        .take_until(ended)
+        .filter(|event| {
+            futures::future::ready(match event {
+                Ok(event) => is_app_event(event),
+                Err(_) => true,
+            })
         })
-        .filter_map(|event| async move {
-            let position = event.position;
-            let event_type = event.type_name.clone();
-            let view = EventView::from_stored(event).ok()?;
-            let sse = SseEvent::default()
-                .id(position.to_string())
-                .event(event_type)
-                .json_data(view)
-                .ok()?;
-            Some(Ok(sse))
+        // The state is the last position delivered, `None` once an error
+        // was sent: the stream ends then rather than skip an event.
+        .scan(Some(after), |delivered, event| {
+            let Some(last) = *delivered else {
+                return futures::future::ready(None);
+            };
+            let sse = match event {
+                Ok(event) => {
+                    let position = event.position;
+                    match render(event) {
+                        Ok(sse) => {
+                            *delivered = Some(position);
+                            sse
+                        }
+                        Err(problem) => {
+                            *delivered = None;
+                            error_event(&Problem::new(
+                                problem.kind,
+                                format!(
+                                    "the event at position {position} cannot be shown; \
+                                     the stream ends before it"
+                                ),
+                            ))
+                        }
+                    }
+                }
+                Err(error) => {
+                    *delivered = None;
+                    tracing::error!(%error, after = %last, "event stream failed");
+                    error_event(&Problem::new(
+                        ProblemKind::INTERNAL,
+                        format!(
+                            "reading the log after position {last} failed; reconnect with \
+                             Last-Event-ID: {last} to resume"
+                        ),
+                    ))
+                }
+            };
+            futures::future::ready(Some(Ok(sse)))
         });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.options.sse_keep_alive)))
+}
+
+/// One event as an SSE event: `id: <position>`, `event: <type>`, the view.
+fn render(event: StoredEvent) -> Result<SseEvent, Problem> {
+    let position = event.position;
+    let event_type = event.type_name.clone();
+    let view = EventView::from_stored(event)?;
+    SseEvent::default().id(position.to_string()).event(event_type).json_data(view).map_err(
+        |error| Problem::internal(&format!("event at {position} cannot be rendered: {error}")),
+    )
+}
+
+/// `event: error` with a problem document, the stream's last message.
+fn error_event(problem: &Problem) -> SseEvent {
+    let body = serde_json::to_string(&problem.body()).expect("problems serialize");
+    SseEvent::default().event("error").data(body)
+}
+
+/// Resolves once the caller's key stops authenticating: at its expiry, or
+/// at the first periodic check that finds it revoked (or cannot tell).
+async fn key_invalid(state: AppState, caller: Caller) {
+    let interval = state.options.sse_key_recheck;
+    loop {
+        let until_expiry = caller
+            .expires_at
+            .map(|expires_at| (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
+        let wait = until_expiry.map_or(interval, |until| until.min(interval));
+        tokio::time::sleep(wait).await;
+        if let Err(problem) = auth::recheck(&state, &caller).await {
+            tracing::info!(key = %caller.key_id, reason = %problem, "ending an event stream");
+            return;
+        }
+    }
 }
