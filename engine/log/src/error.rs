@@ -39,6 +39,10 @@ pub enum Error {
         #[source]
         source: Arc<DecodeError>,
     },
+    /// The store cannot take the append now; whether it is durable is
+    /// unknown, and a retry with the same event ids is safe.
+    #[error("log unavailable: {0}")]
+    Unavailable(String),
     /// The log is shutting down or its writer stopped.
     #[error("the log is closed")]
     Closed,

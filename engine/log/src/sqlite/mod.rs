@@ -11,9 +11,11 @@
 //! every index grows at its right edge or stays small.
 
 mod rows;
+mod sync;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use tokio::task::JoinHandle;
 use crate::{Append, Appended, Error, Filter, Log, ReadBatch, Result, StoredEvent, TypeFilter};
 
 use rows::{StreamNames, batch_query};
+use sync::Wal;
 use writer::{Reply, WriteRequest, Writer};
 
 /// How many positions one [`Log::read`] examines at most.
@@ -73,7 +76,8 @@ impl Default for SqliteOptions {
 pub struct SqliteLog {
     path: PathBuf,
     requests: Mutex<Option<mpsc::Sender<(WriteRequest, Reply)>>>,
-    writer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// The writer and the syncer, awaited on close.
+    tasks: tokio::sync::Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
     readers: SqlitePool,
     names: StreamNames,
     head: Arc<watch::Sender<Position>>,
@@ -116,15 +120,14 @@ impl SqliteLog {
         let (requests, writer) = if options.read_only {
             (None, None)
         } else {
-            let synchronous = match options.durability {
-                Durability::Full => SqliteSynchronous::Full,
-                Durability::Normal => SqliteSynchronous::Normal,
-            };
             let mut connection = base
                 .clone()
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(synchronous)
+                // Commits write the WAL without syncing it; with
+                // `Durability::Full` the syncer fsyncs it before any caller
+                // is answered (see `sync`). Checkpoints still sync first.
+                .synchronous(SqliteSynchronous::Normal)
                 // Multi-row INSERTs come in every size from 1 to 100 rows;
                 // each size is its own statement and should stay prepared.
                 .statement_cache_capacity(512)
@@ -147,17 +150,26 @@ impl SqliteLog {
             head_position = max_position(&readers).await?;
         }
         let head = Arc::new(watch::Sender::new(head_position));
-        let writer =
-            writer.map(|(writer, receiver)| tokio::spawn(writer.run(receiver, head.clone())));
+        let committed_head = Arc::new(AtomicU64::new(head_position.0));
+        let wal = match (options.read_only, options.durability) {
+            (false, Durability::Full) => Some(Arc::new(Wal::new(&path))),
+            _ => None,
+        };
+        let tasks = writer.map(|(writer, receiver)| {
+            let (committed, to_sync) = mpsc::unbounded_channel();
+            let writer = tokio::spawn(writer.run(receiver, committed, committed_head.clone()));
+            let syncer = tokio::spawn(sync::run(to_sync, wal.clone(), head.clone()));
+            (writer, syncer)
+        });
         let foreign_poll = tokio::spawn(poll_foreign_appends(
             readers.clone(),
-            head.clone(),
+            ForeignPoll { head: head.clone(), committed_head, wal },
             options.foreign_append_poll,
         ));
         Ok(SqliteLog {
             path,
             requests: Mutex::new(requests),
-            writer: tokio::sync::Mutex::new(writer),
+            tasks: tokio::sync::Mutex::new(tasks),
             readers,
             names: StreamNames::default(),
             head,
@@ -187,28 +199,44 @@ async fn max_position(pool: &SqlitePool) -> Result<Position> {
     Ok(Position(max as u64))
 }
 
+/// What the foreign-append poller needs to publish another process's appends.
+struct ForeignPoll {
+    head: Arc<watch::Sender<Position>>,
+    /// The last position this process's writer committed; the syncer
+    /// publishes up to there, so the poller must not get ahead of it.
+    committed_head: Arc<AtomicU64>,
+    wal: Option<Arc<Wal>>,
+}
+
 /// Another process (the `spool` CLI, say) may append to the same file; its
 /// appends cannot wake this process's tailers, so they are looked for here.
-async fn poll_foreign_appends(
-    pool: SqlitePool,
-    head: Arc<watch::Sender<Position>>,
-    every: Duration,
-) {
+async fn poll_foreign_appends(pool: SqlitePool, poll: ForeignPoll, every: Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         // A missing table (a read-only open racing the first writer) or a
         // busy file is retried on the next tick.
-        if let Ok(position) = max_position(&pool).await {
-            head.send_if_modified(|current| {
-                let grew = position > *current;
-                if grew {
-                    *current = position;
-                }
-                grew
-            });
+        let Ok(position) = max_position(&pool).await else { continue };
+        if position <= *poll.head.borrow()
+            || position.0 <= poll.committed_head.load(Ordering::Acquire)
+        {
+            continue;
         }
+        // Beyond what this process wrote: another process's appends. Make
+        // them durable here too before any reader of ours sees them.
+        if let Some(wal) = &poll.wal
+            && wal.sync().await.is_err()
+        {
+            continue;
+        }
+        poll.head.send_if_modified(|current| {
+            let grew = position > *current;
+            if grew {
+                *current = position;
+            }
+            grew
+        });
     }
 }
 
@@ -301,22 +329,29 @@ impl Log for SqliteLog {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<StoredEvent>> {
+        // Bounded by the head, like every read: nothing not yet durable.
+        let head = *self.head.borrow();
         let sql = "WHERE e.stream_id = \
              (SELECT stream_id FROM streams WHERE tenant = ? AND name = ?) \
-             AND e.stream_version >= ? ORDER BY e.stream_version LIMIT ?";
+             AND e.stream_version >= ? AND e.position <= ? ORDER BY e.stream_version LIMIT ?";
         self.fetch(sql, |query| {
             query
                 .bind(tenant.as_bytes().to_vec())
                 .bind(stream.as_str().to_owned())
                 .bind(from_version as i64)
+                .bind(head.0 as i64)
                 .bind(limit as i64)
         })
         .await
     }
 
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {
-        let mut found =
-            self.fetch("WHERE e.id = ?", |query| query.bind(id.as_bytes().to_vec())).await?;
+        let head = *self.head.borrow();
+        let mut found = self
+            .fetch("WHERE e.id = ? AND e.position <= ?", |query| {
+                query.bind(id.as_bytes().to_vec()).bind(head.0 as i64)
+            })
+            .await?;
         Ok(found.pop())
     }
 
@@ -327,8 +362,9 @@ impl Log for SqliteLog {
     async fn close(&self) -> Result<()> {
         // Dropping the last sender lets the writer drain its queue and stop.
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(writer) = self.writer.lock().await.take() {
+        if let Some((writer, syncer)) = self.tasks.lock().await.take() {
             writer.await.map_err(|_| Error::Closed)?;
+            syncer.await.map_err(|_| Error::Closed)?;
         }
         self.readers.close().await;
         Ok(())

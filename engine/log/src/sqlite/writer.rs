@@ -7,7 +7,12 @@ use std::time::Instant;
 use spool_schemas::{EventId, Position, StreamName, TenantId};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteConnection;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::sync::Committed;
 
 use crate::plan::{Plan, plan};
 use crate::{Append, Appended, Error, Result};
@@ -119,10 +124,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes groups of queued appends until every sender is gone, handing
+    /// each committed group to the syncer (see `sync`) for acknowledgement.
     pub(super) async fn run(
         mut self,
         mut requests: mpsc::Receiver<(WriteRequest, Reply)>,
-        head: std::sync::Arc<watch::Sender<Position>>,
+        committed: mpsc::UnboundedSender<Committed>,
+        committed_head: Arc<AtomicU64>,
     ) {
         while let Some(first) = requests.recv().await {
             let mut n_events = first.0.append.events.len();
@@ -143,18 +151,11 @@ impl Writer {
             metrics::histogram!("spool_log_group_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("spool_log_group_events").record(n_events as f64);
-            head.send_if_modified(|current| {
-                let grew = self.head > *current;
-                if grew {
-                    *current = self.head;
-                }
-                grew
-            });
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                // The caller may have given up waiting; the events are stored
-                // regardless, and a retry with the same ids finds them.
-                let _ = reply.send(answer);
-            }
+            committed_head.store(self.head.0, Ordering::Release);
+            let answers = replies.into_iter().zip(answers).collect();
+            // The syncer outlives the writer; if it is gone the process is
+            // going down and the callers learn it from their dropped replies.
+            let _ = committed.send(Committed { head: self.head, answers });
         }
     }
 

@@ -1,0 +1,110 @@
+//! Acknowledging appends once they are durable.
+//!
+//! The writer commits with `synchronous=NORMAL`, which writes the WAL
+//! without syncing it, and hands each committed group here. This task
+//! fsyncs the WAL once for everything committed so far, and only then
+//! publishes the new head (so no reader sees an event that is not durable)
+//! and answers the callers. One fsync thus covers several commits, and the
+//! writer fills its next transaction while the disk syncs: group commit at
+//! the disk as well as in SQLite.
+//!
+//! **Invariant:** the WAL file is never deleted while this process has the
+//! log open, since SQLite removes it only when the last connection closes;
+//! so one handle to it stays valid.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use spool_schemas::Position;
+use tokio::sync::{mpsc, watch};
+
+use super::writer::Reply;
+use crate::{Appended, Error, Result};
+
+/// The log's write-ahead file, for syncing it.
+pub(super) struct Wal {
+    path: PathBuf,
+    file: Mutex<Option<Arc<std::fs::File>>>,
+}
+
+impl Wal {
+    pub(super) fn new(database: &std::path::Path) -> Wal {
+        let mut path = database.as_os_str().to_owned();
+        path.push("-wal");
+        Wal { path: path.into(), file: Mutex::new(None) }
+    }
+
+    /// Makes everything written to the WAL so far durable.
+    pub(super) async fn sync(&self) -> io::Result<()> {
+        let file = {
+            let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.as_ref() {
+                Some(file) => file.clone(),
+                None => {
+                    let file = Arc::new(std::fs::OpenOptions::new().read(true).open(&self.path)?);
+                    *slot = Some(file.clone());
+                    file
+                }
+            }
+        };
+        tokio::task::spawn_blocking(move || file.sync_data()).await.map_err(io::Error::other)?
+    }
+}
+
+/// A group the writer committed (or failed), with its callers' answers.
+pub(super) struct Committed {
+    pub(super) head: Position,
+    pub(super) answers: Vec<(Reply, Result<Vec<Appended>>)>,
+}
+
+/// Syncs, publishes and answers, in commit order, until the writer stops.
+/// `wal` is `None` when appends are acknowledged without an fsync.
+pub(super) async fn run(
+    mut committed: mpsc::UnboundedReceiver<Committed>,
+    wal: Option<Arc<Wal>>,
+    head: Arc<watch::Sender<Position>>,
+) {
+    while let Some(first) = committed.recv().await {
+        let mut groups = vec![first];
+        while let Ok(next) = committed.try_recv() {
+            groups.push(next);
+        }
+        let synced = match &wal {
+            Some(wal) => wal.sync().await,
+            None => Ok(()),
+        };
+        metrics::histogram!("spool_log_groups_per_sync").record(groups.len() as f64);
+        let error = match synced {
+            Ok(()) => {
+                let newest = groups.iter().map(|group| group.head).max().unwrap_or_default();
+                head.send_if_modified(|current| {
+                    let grew = newest > *current;
+                    if grew {
+                        *current = newest;
+                    }
+                    grew
+                });
+                None
+            }
+            Err(error) => {
+                // The events are committed but may not survive a power
+                // loss; the caller must not be told they are durable. A
+                // retry with the same ids is safe either way.
+                tracing::error!(%error, "fsync of the log's WAL failed");
+                Some(Error::Unavailable(format!("the log could not sync to disk: {error}")))
+            }
+        };
+        for group in groups {
+            for (reply, answer) in group.answers {
+                let answer = match (&error, answer) {
+                    (Some(error), Ok(_)) => Err(error.clone()),
+                    (_, answer) => answer,
+                };
+                // The caller may have given up waiting; the events are
+                // stored regardless, and a retry with the same ids finds them.
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
