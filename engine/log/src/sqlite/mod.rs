@@ -256,7 +256,7 @@ impl Log for SqliteLog {
         let sender = sender.ok_or(Error::Closed)?;
         // Encoding happens here, on the caller's task, so that the single
         // writer only writes.
-        let request = WriteRequest::new(append)?;
+        let request = WriteRequest::new(append);
         let (reply, answer) = oneshot::channel();
         sender.send((request, reply)).await.map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?

@@ -1,15 +1,15 @@
 //! The single writer: drains queued appends into one transaction per group,
-//! commits (fsync), then answers every caller in the group.
+//! commits it, and hands the group to the syncer, which fsyncs the WAL and
+//! answers every caller in the group (see `sync`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use spool_schemas::{EventId, Position, StreamName, TenantId};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteConnection;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use tokio::sync::{mpsc, oneshot};
 
 use super::sync::Committed;
@@ -37,7 +37,7 @@ pub(super) struct WriteRequest {
 }
 
 impl WriteRequest {
-    pub(super) fn new(append: Append) -> Result<WriteRequest> {
+    pub(super) fn new(append: Append) -> WriteRequest {
         let encoded = append
             .events
             .iter()
@@ -48,7 +48,7 @@ impl WriteRequest {
                 data: event.event.data_json(),
             })
             .collect();
-        Ok(WriteRequest { append, encoded })
+        WriteRequest { append, encoded }
     }
 }
 

@@ -1,5 +1,7 @@
 //! How fast `rebuild` folds a SQLite log: events per second for each
 //! built-in projection, beside a bare read of the same log as the baseline.
+//!
+//! `cargo bench -p spool-benches --bench projection_rebuild`
 
 use std::sync::Arc;
 
