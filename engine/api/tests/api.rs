@@ -653,6 +653,27 @@ async fn bad_input_gets_a_problem_with_the_right_status_and_stores_nothing() {
         assert_eq!(h.non_api_call_events().await, before, "{name} stored something");
     }
 
+    // A single event's errors name the field directly; a batch's also say
+    // which event.
+    for (body, expected) in [
+        (json!({"type": "api.call"}), "invalid event type \"api.call\": "),
+        (json!({"type": "a.b", "subject": "has space"}), "invalid stream name \"has space\": "),
+        (json!({"type": "a.b", "id": ""}), "`id` must be"),
+        (json!({"events": [{"type": "api.call"}]}), "events[0]: invalid event type \"api.call\": "),
+        (
+            json!({"events": [{"type": "a.b"}, {"type": "api.call"}]}),
+            "events[1]: invalid event type \"api.call\": ",
+        ),
+    ] {
+        let response = h.post_json(&key, body.clone()).await;
+        assert_eq!(response.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", response.json);
+        let detail = response.json["detail"].as_str().unwrap();
+        assert!(detail.starts_with(expected), "{body}: {detail}");
+        if body.get("events").is_none() {
+            assert!(!detail.contains("events["), "{body}: {detail}");
+        }
+    }
+
     for (uri, name) in [
         ("/v1/events?limit=0", "zero limit"),
         ("/v1/events?limit=1001", "limit over 1,000"),

@@ -130,6 +130,8 @@ async fn start(
         let appended = log.append(Append::new(created.events)).await?;
         auth_position = appended.last().map_or(auth_position, |appended| appended.position);
         println!("bootstrap tenant: {}", created.tenant);
+        // The id names the key to `spool admin key revoke` later.
+        println!("admin key id: {}", created.key.key_id);
         println!("admin key: {}", created.key.secret);
         eprintln!("the admin key above is shown only once; store it now");
     }

@@ -18,6 +18,8 @@ struct Server {
     base: String,
     /// The bootstrap admin key, when this start printed one.
     admin_key: Option<String>,
+    /// The bootstrap admin key's id, printed beside it.
+    admin_key_id: Option<String>,
     tenant: Option<String>,
     /// Every stdout line, including those printed after startup.
     stdout: Arc<Mutex<Vec<String>>>,
@@ -48,14 +50,15 @@ async fn serve(data_dir: &Path) -> Server {
     let printed = stdout.lock().unwrap().clone();
     let find =
         |prefix: &str| printed.iter().find_map(|line| line.strip_prefix(prefix).map(str::to_owned));
-    let (admin_key, tenant) = (find("admin key: "), find("bootstrap tenant: "));
+    let (admin_key, admin_key_id, tenant) =
+        (find("admin key: "), find("admin key id: "), find("bootstrap tenant: "));
     let rest = stdout.clone();
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
             rest.lock().unwrap().push(line);
         }
     });
-    Server { child, base: format!("http://{address}"), admin_key, tenant, stdout }
+    Server { child, base: format!("http://{address}"), admin_key, admin_key_id, tenant, stdout }
 }
 
 impl Server {
@@ -187,6 +190,7 @@ async fn serve_bootstraps_once_serves_http_and_stops_cleanly_on_sigterm() {
 
     let mut restarted = serve(dir.path()).await;
     assert_eq!(restarted.admin_key, None, "the admin key is printed only once");
+    assert_eq!(restarted.admin_key_id, None, "and so is its id");
     assert_eq!(restarted.admin_key_lines(), 0);
     assert_eq!(list_status(&restarted.base, &key).await, 200, "the old key still works");
     let retry = post_event(
@@ -286,6 +290,15 @@ async fn keys_created_and_revoked_by_the_cli_take_effect_on_a_running_server() {
     )
     .await;
     assert!(!unknown.status.success(), "a key for a tenant that does not exist is refused");
+
+    // The bootstrap key's printed id is the one to revoke it by.
+    let admin_key = server.admin_key.clone().expect("bootstrap prints the admin key");
+    let admin_key_id = server.admin_key_id.clone().expect("bootstrap prints the admin key's id");
+    assert!(admin_key_id.starts_with("key_"), "{admin_key_id}");
+    until_status(&server.base, &admin_key, 200).await;
+    let revoked = stdout(&spool(dir.path(), &["admin", "key", "revoke", &admin_key_id]).await);
+    assert!(revoked.contains("revoked"), "{revoked}");
+    until_status(&server.base, &admin_key, 401).await;
 
     server.signal("-TERM");
     assert!(server.wait().await.success());

@@ -273,12 +273,10 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Incoming>, Problem
     let json: serde_json::Value = serde_json::from_slice(body)
         .map_err(|error| Problem::new(ProblemKind::MALFORMED_JSON, error.to_string()))?;
     let incoming = match format {
-        BodyFormat::Plain => {
-            let requests = if json.get("events").is_some() {
-                typed::<BatchRequest>(json, ProblemKind::INVALID_BODY)?.events
-            } else {
-                vec![typed::<AppEventRequest>(json, ProblemKind::INVALID_BODY)?]
-            };
+        // A single event's errors name the field directly; a batch's say
+        // which event (`events[i]: …`).
+        BodyFormat::Plain if json.get("events").is_some() => {
+            let requests = typed::<BatchRequest>(json, ProblemKind::INVALID_BODY)?.events;
             check_batch_size(requests.len())?;
             requests
                 .into_iter()
@@ -287,6 +285,9 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Vec<Incoming>, Problem
                     incoming_app_event(request).map_err(|problem| at_index(problem, index))
                 })
                 .collect::<Result<Vec<_>, _>>()?
+        }
+        BodyFormat::Plain => {
+            vec![incoming_app_event(typed(json, ProblemKind::INVALID_BODY)?)?]
         }
         BodyFormat::CloudEvent => {
             vec![incoming_cloud_event(typed(json, ProblemKind::INVALID_CLOUDEVENT)?)?]
