@@ -98,7 +98,7 @@ impl Log for MemoryLog {
 
     async fn read(&self, after: Position, limit: usize, filter: &Filter) -> Result<ReadBatch> {
         let state = self.lock();
-        let end = (after.0 + READ_WINDOW).min(state.events.len() as u64);
+        let end = after.0.saturating_add(READ_WINDOW).min(state.events.len() as u64);
         let mut batch = ReadBatch { events: Vec::new(), scanned_to: Position(end.max(after.0)) };
         for event in
             state.events.iter().skip(after.0 as usize).take((end.saturating_sub(after.0)) as usize)

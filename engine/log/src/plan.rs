@@ -36,7 +36,11 @@ pub(crate) fn plan<'a>(
         append.events.iter().map(|event| stored(&event.id)).collect();
     if previously_stored.iter().all(Option::is_some) {
         // A retry of an append that went through: answer as it was answered.
-        let results = previously_stored.into_iter().flatten().collect();
+        let results = previously_stored
+            .into_iter()
+            .flatten()
+            .map(|found| Appended { already_stored: true, ..found })
+            .collect();
         return Ok(Plan { results, ..Plan::default() });
     }
 

@@ -149,12 +149,24 @@ impl SqliteLog {
         if options.read_only {
             head_position = max_position(&readers).await?;
         }
-        let head = Arc::new(watch::Sender::new(head_position));
-        let committed_head = Arc::new(AtomicU64::new(head_position.0));
         let wal = match (options.read_only, options.durability) {
-            (false, Durability::Full) => Some(Arc::new(Wal::new(&path))),
+            (false, Durability::Full) => {
+                let canonical = std::fs::canonicalize(&path).map_err(|error| {
+                    Error::Unavailable(format!("cannot resolve {}: {error}", path.display()))
+                })?;
+                let wal = Arc::new(Wal::new(&canonical));
+                // A process killed between a commit and its fsync leaves
+                // committed events that are not yet durable; make them so
+                // before publishing a head that includes them.
+                wal.sync().await.map_err(|error| {
+                    Error::Unavailable(format!("cannot sync the log's WAL: {error}"))
+                })?;
+                Some(wal)
+            }
             _ => None,
         };
+        let head = Arc::new(watch::Sender::new(head_position));
+        let committed_head = Arc::new(AtomicU64::new(head_position.0));
         let tasks = writer.map(|(writer, receiver)| {
             let (committed, to_sync) = mpsc::unbounded_channel();
             let writer = tokio::spawn(writer.run(receiver, committed, committed_head.clone()));
@@ -266,7 +278,7 @@ impl Log for SqliteLog {
         // Everything at or below the head is committed, so bounding the
         // query by it never skips an event a later read would miss.
         let head = *self.head.borrow();
-        let upper = Position((after.0 + READ_WINDOW).min(head.0));
+        let upper = Position(after.0.saturating_add(READ_WINDOW).min(head.0));
         if upper <= after || limit == 0 {
             return Ok(ReadBatch { events: Vec::new(), scanned_to: after.max(upper.min(after)) });
         }
@@ -338,7 +350,7 @@ impl Log for SqliteLog {
             query
                 .bind(tenant.as_bytes().to_vec())
                 .bind(stream.as_str().to_owned())
-                .bind(from_version as i64)
+                .bind(from_version.min(i64::MAX as u64) as i64)
                 .bind(head.0 as i64)
                 .bind(limit as i64)
         })

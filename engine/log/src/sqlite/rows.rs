@@ -41,14 +41,32 @@ pub(super) struct StreamNames {
 const MAX_CACHED_NAMES: usize = 200_000;
 
 impl StreamNames {
-    async fn resolve(&self, pool: &SqlitePool, ids: impl Iterator<Item = i64>) -> Result<()> {
-        let missing: Vec<i64> = {
+    /// The names of `ids`, from the cache or the `streams` table. The batch
+    /// decodes from the map returned, so another reader evicting the cache
+    /// meanwhile cannot take a name away from it.
+    async fn resolve(
+        &self,
+        pool: &SqlitePool,
+        ids: impl Iterator<Item = i64>,
+    ) -> Result<HashMap<i64, (TenantId, StreamName)>> {
+        let mut resolved = HashMap::new();
+        let mut missing = Vec::new();
+        {
             let names = self.names.read().unwrap_or_else(|p| p.into_inner());
-            let mut missing: Vec<i64> = ids.filter(|id| !names.contains_key(id)).collect();
-            missing.sort_unstable();
-            missing.dedup();
-            missing
-        };
+            for id in ids {
+                if resolved.contains_key(&id) {
+                    continue;
+                }
+                match names.get(&id) {
+                    Some(name) => {
+                        resolved.insert(id, name.clone());
+                    }
+                    None => missing.push(id),
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
         for chunk in missing.chunks(500) {
             let sql = format!(
                 "SELECT stream_id, tenant, name FROM streams WHERE stream_id IN ({})",
@@ -58,19 +76,25 @@ impl StreamNames {
             for id in chunk {
                 query = query.bind(id);
             }
-            let rows = query.fetch_all(pool).await?;
-            let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
-            if names.len() > MAX_CACHED_NAMES {
-                names.clear();
-            }
-            for row in rows {
+            for row in query.fetch_all(pool).await? {
                 let tenant = TenantId::from_bytes(id_bytes(row.try_get(1)?)?);
                 let name: String = row.try_get(2)?;
                 let name = StreamName::new(name).map_err(|e| Error::Invalid(e.to_string()))?;
-                names.insert(row.try_get(0)?, (tenant, name));
+                resolved.insert(row.try_get(0)?, (tenant, name));
             }
         }
-        Ok(())
+        if !missing.is_empty() {
+            let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+            if names.len() + missing.len() > MAX_CACHED_NAMES {
+                names.clear();
+            }
+            for id in &missing {
+                if let Some(name) = resolved.get(id) {
+                    names.insert(*id, name.clone());
+                }
+            }
+        }
+        Ok(resolved)
     }
 }
 
@@ -105,8 +129,7 @@ pub(super) async fn fetch_batch<'q>(
     // SQLite aggregates in the subquery's order; sorting (already sorted,
     // so linear) makes that a guarantee rather than an observation.
     rows.sort_by_key(|row| row.0);
-    names.resolve(pool, rows.iter().map(|row| row.2)).await?;
-    let names = names.names.read().unwrap_or_else(|p| p.into_inner());
+    let names = names.resolve(pool, rows.iter().map(|row| row.2)).await?;
     let mut events = Vec::with_capacity(rows.len());
     for (
         position,

@@ -26,17 +26,36 @@ use crate::{Appended, Error, Result};
 pub(super) struct Wal {
     path: PathBuf,
     file: Mutex<Option<Arc<std::fs::File>>>,
+    /// Set by the first failed fsync, for good. Linux reports a writeback
+    /// error once and marks the pages clean, so a later fsync that
+    /// succeeds proves nothing about what was written before it; as
+    /// PostgreSQL does, the log stops acknowledging until it is reopened.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Wal {
+    /// `database` must be the canonical path of the database file: SQLite
+    /// resolves symbolic links, and the WAL lies beside the real file.
     pub(super) fn new(database: &std::path::Path) -> Wal {
         let mut path = database.as_os_str().to_owned();
         path.push("-wal");
-        Wal { path: path.into(), file: Mutex::new(None) }
+        Wal { path: path.into(), file: Mutex::new(None), failed: false.into() }
     }
 
     /// Makes everything written to the WAL so far durable.
     pub(super) async fn sync(&self) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other("an earlier fsync of the WAL failed; reopen the log"));
+        }
+        let result = self.sync_once().await;
+        if result.is_err() {
+            self.failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn sync_once(&self) -> io::Result<()> {
         let file = {
             let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {

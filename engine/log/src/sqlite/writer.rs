@@ -241,7 +241,8 @@ impl Writer {
                 let stream_id = cached(&self.streams, event.tenant, &event.stream)
                     .and_then(|s| s.id)
                     .expect("written streams have an id");
-                stored.insert(event.id, result);
+                // A later append of the group with this id finds it stored.
+                stored.insert(event.id, Appended { already_stored: true, ..result });
                 rows.push(EventRow {
                     position: result.position.0 as i64,
                     id: &event.id,
@@ -332,12 +333,14 @@ impl Writer {
         }
         // One query per 250 unknown streams, not one per stream: a group of
         // events on new streams (new orders, new users) is the common case.
+        // CROSS JOIN keeps SQLite walking `wanted` and probing the
+        // (tenant, name) index; left to itself it scanned `streams`.
         for chunk in missing.chunks(250) {
             let sql = format!(
                 "WITH wanted (tenant, name) AS (VALUES {}) \
                  SELECT s.stream_id, s.tenant, s.name, \
                  (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = s.stream_id) \
-                 FROM wanted w JOIN streams s ON s.tenant = w.tenant AND s.name = w.name",
+                 FROM wanted w CROSS JOIN streams s ON s.tenant = w.tenant AND s.name = w.name",
                 vec!["(?, ?)"; chunk.len()].join(",")
             );
             let mut query = sqlx::query(&sql);
