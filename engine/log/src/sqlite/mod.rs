@@ -20,10 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spool_schemas::{EventId, Position, StreamName, TenantId};
-use sqlx::ConnectOptions;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection as _};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -76,8 +77,8 @@ impl Default for SqliteOptions {
 pub struct SqliteLog {
     path: PathBuf,
     requests: Mutex<Option<mpsc::Sender<(WriteRequest, Reply)>>>,
-    /// The writer and the syncer, awaited on close.
-    tasks: tokio::sync::Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// Answered when the writer and the syncer have stopped, awaited on close.
+    writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     readers: SqlitePool,
     names: StreamNames,
     head: Arc<watch::Sender<Position>>,
@@ -130,16 +131,23 @@ impl SqliteLog {
                 .synchronous(SqliteSynchronous::Normal)
                 // Multi-row INSERTs come in every size from 1 to 100 rows;
                 // each size is its own statement and should stay prepared.
-                .statement_cache_capacity(512)
+                .statement_cache_capacity(1024)
+                // Multi-row INSERTs in a transaction need a statement
+                // journal; in memory it costs no temporary file each time.
+                .pragma("temp_store", "memory")
+                // Checkpoints run beside the writer, not inside its commits
+                // (see `checkpoint`).
+                .pragma("wal_autocheckpoint", "0")
                 .connect()
                 .await?;
             for statement in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
                 sqlx::query(statement).execute(&mut connection).await?;
             }
             let writer = Writer::new(connection, options.max_group_events).await?;
+            let checkpointer = base.clone().connect().await?;
             head_position = writer.head();
             let (sender, receiver) = mpsc::channel(4_096);
-            (Some(sender), Some((writer, receiver)))
+            (Some(sender), Some((writer, receiver, checkpointer)))
         };
 
         let readers = SqlitePoolOptions::new()
@@ -167,12 +175,17 @@ impl SqliteLog {
         };
         let head = Arc::new(watch::Sender::new(head_position));
         let committed_head = Arc::new(AtomicU64::new(head_position.0));
-        let tasks = writer.map(|(writer, receiver)| {
-            let (committed, to_sync) = mpsc::unbounded_channel();
-            let writer = tokio::spawn(writer.run(receiver, committed, committed_head.clone()));
-            let syncer = tokio::spawn(sync::run(to_sync, wal.clone(), head.clone()));
-            (writer, syncer)
-        });
+        let writer_done = match writer {
+            Some((writer, receiver, checkpointer)) => Some(spawn_writer_thread(
+                writer,
+                receiver,
+                checkpointer,
+                committed_head.clone(),
+                wal.clone(),
+                head.clone(),
+            )?),
+            None => None,
+        };
         let foreign_poll = tokio::spawn(poll_foreign_appends(
             readers.clone(),
             ForeignPoll { head: head.clone(), committed_head, wal },
@@ -181,7 +194,7 @@ impl SqliteLog {
         Ok(SqliteLog {
             path,
             requests: Mutex::new(requests),
-            tasks: tokio::sync::Mutex::new(tasks),
+            writer_done: tokio::sync::Mutex::new(writer_done),
             readers,
             names: StreamNames::default(),
             head,
@@ -201,6 +214,84 @@ impl SqliteLog {
         let sql = batch_query(from_where_order_limit);
         rows::fetch_batch(&self.readers, &self.names, bind(sqlx::query(&sql))).await
     }
+}
+
+/// Runs the writer, the syncer and the checkpointer on a thread of their own.
+///
+/// On the caller's runtime they would queue behind the very tasks they
+/// answer: hundreds of appenders woken by one acknowledgement run before
+/// the writer's next round trip to SQLite, and the groups shrink. On their
+/// own thread each round trip resumes at once.
+fn spawn_writer_thread(
+    writer: Writer,
+    requests: mpsc::Receiver<(WriteRequest, Reply)>,
+    checkpointer: SqliteConnection,
+    committed_head: Arc<AtomicU64>,
+    wal: Option<Arc<Wal>>,
+    head: Arc<watch::Sender<Position>>,
+) -> Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::Unavailable(format!("cannot start the log writer: {error}")))?;
+    let (done, done_receiver) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("spool-log-writer".to_owned())
+        .spawn(move || {
+            let (committed, to_sync) = mpsc::unbounded_channel();
+            let (stopped, stop) = oneshot::channel();
+            let written = committed_head.clone();
+            runtime.block_on(async {
+                tokio::join!(
+                    async move {
+                        writer.run(requests, committed, committed_head).await;
+                        let _ = stopped.send(());
+                    },
+                    sync::run(to_sync, wal, head),
+                    checkpoint(checkpointer, written, stop),
+                )
+            });
+            let _ = done.send(());
+        })
+        .map_err(|error| Error::Unavailable(format!("cannot start the log writer: {error}")))?;
+    Ok(done_receiver)
+}
+
+/// How often the checkpointer looks for new commits to copy into the
+/// database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Copies committed pages from the WAL into the database file, on its own
+/// connection, until `stop`.
+///
+/// SQLite's automatic checkpoint would run inside whichever commit crossed
+/// the threshold, copying and fsyncing while every caller of that group
+/// waits. A passive checkpoint here never blocks the writer, and SQLite
+/// rewinds the WAL at the first commit after one that caught up, so the
+/// file stays small.
+async fn checkpoint(
+    mut connection: SqliteConnection,
+    written: Arc<AtomicU64>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut interval = tokio::time::interval(CHECKPOINT_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpointed = written.load(Ordering::Acquire);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = interval.tick() => {}
+        }
+        let head = written.load(Ordering::Acquire);
+        if head == checkpointed {
+            continue;
+        }
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut connection).await {
+            Ok(_) => checkpointed = head,
+            Err(error) => tracing::warn!(%error, "checkpoint of the log failed; will retry"),
+        }
+    }
+    let _ = connection.close().await;
 }
 
 type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
@@ -374,9 +465,8 @@ impl Log for SqliteLog {
     async fn close(&self) -> Result<()> {
         // Dropping the last sender lets the writer drain its queue and stop.
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some((writer, syncer)) = self.tasks.lock().await.take() {
-            writer.await.map_err(|_| Error::Closed)?;
-            syncer.await.map_err(|_| Error::Closed)?;
+        if let Some(done) = self.writer_done.lock().await.take() {
+            done.await.map_err(|_| Error::Closed)?;
         }
         self.readers.close().await;
         Ok(())

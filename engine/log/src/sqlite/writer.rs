@@ -19,7 +19,7 @@ use crate::{Append, Appended, Error, Result};
 
 /// Rows per multi-row INSERT: fewer round trips to SQLite's thread, well
 /// under its limit on bound parameters.
-const ROWS_PER_INSERT: usize = 100;
+const ROWS_PER_INSERT: usize = 500;
 /// Bound on the stream cache; past it the cache starts over.
 const MAX_CACHED_STREAMS: usize = 100_000;
 
@@ -161,19 +161,32 @@ impl Writer {
 
     /// Writes every acceptable request of the group in one transaction.
     ///
-    /// Optimistic about event ids: most are fresh, so the first attempt lets
-    /// the unique index on `id` find duplicates instead of looking every id
-    /// up. If it finds one, the group is redone with every id looked up.
+    /// Optimistic twice over. About event ids: most are fresh, so the first
+    /// attempt lets the unique index on `id` find duplicates instead of
+    /// looking every id up; if it finds one, the group is redone with every
+    /// id looked up. And about other processes: the caches are trusted
+    /// without asking SQLite for its head, because another process's append
+    /// since our last commit holds the position after our head, where our
+    /// rows begin, so the primary key refuses them (as the stream tables'
+    /// keys refuse a stream created twice); the group is then redone with
+    /// the caches reloaded inside `BEGIN IMMEDIATE`.
     async fn write_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Vec<Appended>>> {
         let mut look_up_ids = false;
         loop {
+            let careful = look_up_ids || self.stale;
             match self.try_write_group(group, look_up_ids).await {
-                Ok(answers) => return answers,
+                Ok(Some(answers)) => return answers,
+                // The caches were stale; `stale` is set and the next
+                // attempt reloads them.
+                Ok(None) => continue,
                 Err(error) => {
                     let _ = sqlx::query("ROLLBACK").execute(&mut self.connection).await;
                     self.stale = true;
                     if !look_up_ids && is_duplicate_id(&error) {
                         look_up_ids = true;
+                        continue;
+                    }
+                    if !careful && is_unique_violation(&error) {
                         continue;
                     }
                     tracing::error!(%error, "log group commit failed");
@@ -183,16 +196,18 @@ impl Writer {
         }
     }
 
+    /// One attempt at the group; `None` when the caches proved stale.
     async fn try_write_group(
         &mut self,
         group: &[WriteRequest],
         look_up_ids: bool,
-    ) -> Result<Vec<Result<Vec<Appended>>>> {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut self.connection).await?;
-        // Another process may have appended since our last commit; our
-        // caches are only valid if the head is where we left it.
-        if self.stale || self.db_head().await? != self.head {
-            self.reload().await?;
+    ) -> Result<Option<Vec<Result<Vec<Appended>>>>> {
+        let careful = look_up_ids || self.stale;
+        if careful {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.connection).await?;
+            if self.stale || self.db_head().await? != self.head {
+                self.reload().await?;
+            }
         }
         if self.n_cached_streams > MAX_CACHED_STREAMS {
             self.streams.clear();
@@ -257,12 +272,30 @@ impl Writer {
             answers.push(Ok(decided.results));
         }
 
-        insert_streams(&mut self.connection, &new_streams).await?;
-        insert_rows(&mut self.connection, &rows).await?;
-        sqlx::query("COMMIT").execute(&mut self.connection).await?;
+        if careful {
+            insert_streams(&mut self.connection, &new_streams).await?;
+            insert_rows(&mut self.connection, &rows).await?;
+            sqlx::query("COMMIT").execute(&mut self.connection).await?;
+        } else if rows.is_empty() {
+            // Nothing written, so no key checked the caches the answers
+            // came from: check them against SQLite's head instead.
+            if self.db_head().await? != self.head {
+                self.stale = true;
+                return Ok(None);
+            }
+        } else if new_streams.is_empty() && rows.len() <= ROWS_PER_INSERT {
+            // The common case: one statement, which is its own transaction,
+            // so one round trip to SQLite's thread instead of four.
+            insert_rows(&mut self.connection, &rows).await?;
+        } else {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.connection).await?;
+            insert_streams(&mut self.connection, &new_streams).await?;
+            insert_rows(&mut self.connection, &rows).await?;
+            sqlx::query("COMMIT").execute(&mut self.connection).await?;
+        }
         self.head = Position(next.0 - 1);
         metrics::counter!("spool_log_appended_events_total").increment(rows.len() as u64);
-        Ok(answers)
+        Ok(Some(answers))
     }
 
     fn plan<'a>(
@@ -390,6 +423,18 @@ fn is_duplicate_id(error: &Error) -> bool {
     }
 }
 
+/// Whether `error` is a unique or primary key refusing a row: after an
+/// optimistic attempt, the sign that another process appended.
+fn is_unique_violation(error: &Error) -> bool {
+    match error {
+        Error::Storage(error) => match error.as_ref() {
+            sqlx::Error::Database(database) => database.is_unique_violation(),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 fn placeholders(n: usize) -> String {
     let mut text = "?,".repeat(n);
     text.pop();
@@ -416,7 +461,7 @@ async fn insert_rows(connection: &mut SqliteConnection, rows: &[EventRow<'_>]) -
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
         let sql = format!(
-            "INSERT INTO events (position, id, stream_id, stream_version, recorded_at, type, v, \
+            "INSERT OR ROLLBACK INTO events (position, id, stream_id, stream_version, recorded_at, type, v, \
              causation_id, correlation_id, data) VALUES {values}"
         );
         let mut query = sqlx::query(&sql);
