@@ -21,10 +21,9 @@ use std::time::Duration;
 
 use spool_schemas::{EventId, Position, StreamName, TenantId};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection as _};
+use sqlx::ConnectOptions;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -135,19 +134,15 @@ impl SqliteLog {
                 // Multi-row INSERTs in a transaction need a statement
                 // journal; in memory it costs no temporary file each time.
                 .pragma("temp_store", "memory")
-                // Checkpoints run beside the writer, not inside its commits
-                // (see `checkpoint`).
-                .pragma("wal_autocheckpoint", "0")
                 .connect()
                 .await?;
             for statement in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
                 sqlx::query(statement).execute(&mut connection).await?;
             }
             let writer = Writer::new(connection, options.max_group_events).await?;
-            let checkpointer = base.clone().connect().await?;
             head_position = writer.head();
             let (sender, receiver) = mpsc::channel(4_096);
-            (Some(sender), Some((writer, receiver, checkpointer)))
+            (Some(sender), Some((writer, receiver)))
         };
 
         let readers = SqlitePoolOptions::new()
@@ -176,10 +171,9 @@ impl SqliteLog {
         let head = Arc::new(watch::Sender::new(head_position));
         let committed_head = Arc::new(AtomicU64::new(head_position.0));
         let writer_done = match writer {
-            Some((writer, receiver, checkpointer)) => Some(spawn_writer_thread(
+            Some((writer, receiver)) => Some(spawn_writer_thread(
                 writer,
                 receiver,
-                checkpointer,
                 committed_head.clone(),
                 wal.clone(),
                 head.clone(),
@@ -216,7 +210,7 @@ impl SqliteLog {
     }
 }
 
-/// Runs the writer, the syncer and the checkpointer on a thread of their own.
+/// Runs the writer and the syncer on a thread of their own.
 ///
 /// On the caller's runtime they would queue behind the very tasks they
 /// answer: hundreds of appenders woken by one acknowledgement run before
@@ -225,7 +219,6 @@ impl SqliteLog {
 fn spawn_writer_thread(
     writer: Writer,
     requests: mpsc::Receiver<(WriteRequest, Reply)>,
-    checkpointer: SqliteConnection,
     committed_head: Arc<AtomicU64>,
     wal: Option<Arc<Wal>>,
     head: Arc<watch::Sender<Position>>,
@@ -239,59 +232,16 @@ fn spawn_writer_thread(
         .name("spool-log-writer".to_owned())
         .spawn(move || {
             let (committed, to_sync) = mpsc::unbounded_channel();
-            let (stopped, stop) = oneshot::channel();
-            let written = committed_head.clone();
             runtime.block_on(async {
                 tokio::join!(
-                    async move {
-                        writer.run(requests, committed, committed_head).await;
-                        let _ = stopped.send(());
-                    },
-                    sync::run(to_sync, wal, head),
-                    checkpoint(checkpointer, written, stop),
+                    writer.run(requests, committed, committed_head),
+                    sync::run(to_sync, wal, head)
                 )
             });
             let _ = done.send(());
         })
         .map_err(|error| Error::Unavailable(format!("cannot start the log writer: {error}")))?;
     Ok(done_receiver)
-}
-
-/// How often the checkpointer looks for new commits to copy into the
-/// database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
-
-/// Copies committed pages from the WAL into the database file, on its own
-/// connection, until `stop`.
-///
-/// SQLite's automatic checkpoint would run inside whichever commit crossed
-/// the threshold, copying and fsyncing while every caller of that group
-/// waits. A passive checkpoint here never blocks the writer, and SQLite
-/// rewinds the WAL at the first commit after one that caught up, so the
-/// file stays small.
-async fn checkpoint(
-    mut connection: SqliteConnection,
-    written: Arc<AtomicU64>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut interval = tokio::time::interval(CHECKPOINT_EVERY);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut checkpointed = written.load(Ordering::Acquire);
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = interval.tick() => {}
-        }
-        let head = written.load(Ordering::Acquire);
-        if head == checkpointed {
-            continue;
-        }
-        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut connection).await {
-            Ok(_) => checkpointed = head,
-            Err(error) => tracing::warn!(%error, "checkpoint of the log failed; will retry"),
-        }
-    }
-    let _ = connection.close().await;
 }
 
 type SqlQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
