@@ -58,7 +58,7 @@ fn rebuild(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| async {
             let mut after = Position::ZERO;
             loop {
-                let batch = log.read(after, 5_000, &Filter::default()).await.expect("read");
+                let batch = log.read(0, after, 5_000, &Filter::default()).await.expect("read");
                 if batch.events.is_empty() {
                     break;
                 }

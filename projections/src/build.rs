@@ -76,7 +76,7 @@ pub(crate) async fn build_and_swap(
     mut shutdown: watch::Receiver<bool>,
     mut on_batch: impl FnMut(&Batch) + Send,
 ) -> Result<Option<Build>> {
-    let head = log.head();
+    let head = log.head(0);
     let tables = Tables { generation: build.generation };
     // An empty log is caught up before the first batch.
     if build.checkpoint < *head.borrow() {

@@ -88,7 +88,7 @@ async fn read(
     batch_size: usize,
     sender: mpsc::Sender<Result<Batch>>,
 ) {
-    let mut head_watch: watch::Receiver<Position> = log.head();
+    let mut head_watch: watch::Receiver<Position> = log.head(0);
     // Where the next batch handed on must start.
     let mut expected = after;
     // Where the next read to issue starts.
@@ -103,7 +103,7 @@ async fn read(
                 after: start,
                 head,
                 read: tokio::spawn(async move {
-                    read_log.read(start, batch_size, &Filter::default()).await
+                    read_log.read(0, start, batch_size, &Filter::default()).await
                 }),
             });
             next_read = Position((start.0 + batch_size as u64).min(head.0));

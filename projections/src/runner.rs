@@ -70,7 +70,7 @@ impl Runner {
 
     pub fn handle(&self) -> RunnerHandle {
         RunnerHandle {
-            head: self.log.head(),
+            head: self.log.head(0),
             entries: self
                 .entries
                 .iter()
@@ -153,7 +153,7 @@ async fn follow(
 ) -> Result<()> {
     let projection = entry.projection.as_ref();
     let name = projection.name();
-    let head = log.head();
+    let head = log.head(0);
     let publish = |checkpoint: Position, state: ProjectionState| {
         record_metrics(name, checkpoint, *head.borrow());
         entry.progress.send_replace(Progress { checkpoint, state });

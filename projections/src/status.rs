@@ -38,7 +38,7 @@ pub enum ProjectionState {
 /// runs in the process. A version that differs from the code's is rebuilt
 /// when the runner next starts.
 pub async fn status(views: &Views, log: &dyn Log) -> Result<Vec<ProjectionStatus>> {
-    let head = *log.head().borrow();
+    let head = *log.head(0).borrow();
     let mut statuses = Vec::new();
     for projection in crate::builtin() {
         let stored = registry::load(views, projection.name()).await?;

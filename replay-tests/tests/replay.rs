@@ -24,7 +24,7 @@ async fn basic() {
 /// to agree, and compares the read models with `expect`.
 async fn check(log_name: &str, expect: ExpectFile) {
     let log = recorded_log(log_name).await;
-    let head = *log.head().borrow();
+    let head = *log.head(0).borrow();
 
     let rebuilt = tempfile::tempdir().expect("tempdir");
     let rebuilt_views = Views::open(rebuilt.path().join("views.db")).await.expect("views");

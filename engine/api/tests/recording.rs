@@ -97,7 +97,7 @@ async fn the_recorder_appends_what_is_queued_in_one_append_and_applies_backpress
     assert_eq!(report.recorded, 4);
     assert_eq!(report.failed, 0);
     assert!(report.appends <= 2, "queued records share appends: {report:?}");
-    assert_eq!(*log.head().borrow(), Position(4));
+    assert_eq!(*log.head(0).borrow(), Position(4));
 }
 
 /// Regression: a request whose client disconnected before the response was
@@ -169,5 +169,5 @@ async fn the_recorder_retries_a_failed_append_until_it_is_stored() {
     drop(handle);
     let report = tokio::time::timeout(WAIT, recorder.run(std::future::pending())).await.unwrap();
     assert_eq!((report.recorded, report.retries, report.failed), (3, 3, 0), "{report:?}");
-    assert_eq!(*memory.head().borrow(), Position(3));
+    assert_eq!(*memory.head(0).borrow(), Position(3));
 }

@@ -8,9 +8,7 @@ use clap::Subcommand;
 use spool_api::commands::{self, KeyOptions};
 use spool_api::keys::GeneratedKey;
 use spool_log::{Append, Filter, Log, StoredEvent, TypeFilter};
-use spool_schemas::{
-    Event, KeyCreated, KeyId, KeyRevoked, Payload, Position, Scope, StreamName, TenantId,
-};
+use spool_schemas::{Event, KeyCreated, KeyId, KeyRevoked, Payload, Scope, StreamName, TenantId};
 
 use crate::datadir::DataDir;
 
@@ -174,9 +172,9 @@ async fn read_whole_stream(
 async fn find_key_tenant(log: &dyn Log, key_id: KeyId) -> anyhow::Result<Option<TenantId>> {
     let filter =
         Filter { types: vec![TypeFilter::Exact(KeyCreated::TYPE.to_owned())], ..Filter::default() };
-    let mut after = Position::ZERO;
+    let mut after = spool_log::Cursor::start(log.partitions());
     loop {
-        let page = spool_log::read_page(log, after, 1_000, &filter, usize::MAX).await?;
+        let page = spool_log::read_page(log, &after, 1_000, &filter, usize::MAX).await?;
         for event in &page.events {
             if let Event::KeyCreated(created) = event.event()?
                 && created.key_id == key_id

@@ -2,6 +2,7 @@
 //! directly from `log.db` (read-only, so it works beside a running server).
 //! A table by default; `--json` prints one envelope per line (JSON Lines).
 
+use spool_log::Cursor;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -86,8 +87,9 @@ pub(crate) async fn run(data_dir: &DataDir, command: EventsCommand) -> anyhow::R
 async fn list(log: &dyn Log, args: ListArgs) -> anyhow::Result<()> {
     let filter = args.filter.filter();
     // No bound on reads: the operator asked for this many, however sparse.
-    let page =
-        spool_log::read_page(log, Position(args.after), args.limit, &filter, usize::MAX).await?;
+    let mut after = Cursor::start(log.partitions());
+    after.set(0, Position(args.after));
+    let page = spool_log::read_page(log, &after, args.limit, &filter, usize::MAX).await?;
     print_all(&page.events, args.filter.json)
 }
 
@@ -102,7 +104,7 @@ async fn show(log: &dyn Log, target: &str, compact: bool) -> anyhow::Result<()> 
         if position == 0 {
             bail!("positions start at 1");
         }
-        let batch = log.read(Position(position - 1), 1, &Filter::default()).await?;
+        let batch = log.read(0, Position(position - 1), 1, &Filter::default()).await?;
         batch.events.into_iter().find(|event| event.position == Position(position))
     };
     let Some(event) = event else {
@@ -118,7 +120,10 @@ async fn show(log: &dyn Log, target: &str, compact: bool) -> anyhow::Result<()> 
 }
 
 async fn tail(log: Arc<spool_log::SqliteLog>, args: TailArgs) -> anyhow::Result<()> {
-    let after = args.after.map(Position).unwrap_or_else(|| *log.head().borrow());
+    let mut after = Cursor::heads(log.as_ref());
+    if let Some(position) = args.after {
+        after.set(0, Position(position));
+    }
     let log: Arc<dyn Log> = log;
     let events = spool_log::tail(log, after, args.filter.filter());
     tokio::pin!(events);

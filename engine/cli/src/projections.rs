@@ -103,7 +103,7 @@ async fn rebuild(data_dir: &DataDir, name: Option<String>) -> anyhow::Result<()>
     let views = Views::open(data_dir.views_path())
         .await
         .with_context(|| format!("cannot open {}", data_dir.views_path().display()))?;
-    let head = *log.head().borrow();
+    let head = *log.head(0).borrow();
     let style =
         ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")?
             .progress_chars("=> ");

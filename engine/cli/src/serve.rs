@@ -11,6 +11,7 @@
 //! drains its pending appends. Every step runs even when an earlier one
 //! failed.
 
+use spool_log::Cursor;
 use std::future::IntoFuture;
 use std::io::Write;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use spool_api::commands;
 use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions};
 use spool_log::{Append, Filter, Log, SqliteOptions, TypeFilter};
 use spool_projections::{Runner, RunnerHandle, RunnerOptions, Views};
-use spool_schemas::{Payload, Position, TenantCreated};
+use spool_schemas::{Payload, TenantCreated};
 use tokio::sync::watch;
 
 use crate::datadir::DataDir;
@@ -122,9 +123,15 @@ async fn start(
         types: vec![TypeFilter::Exact(TenantCreated::TYPE.to_owned())],
         ..Filter::default()
     };
-    let existing =
-        spool_log::read_page(&**log, Position::ZERO, 1, &tenant_created, usize::MAX).await?;
-    let mut auth_position = *log.head().borrow();
+    let existing = spool_log::read_page(
+        &**log,
+        &Cursor::start(log.partitions()),
+        1,
+        &tenant_created,
+        usize::MAX,
+    )
+    .await?;
+    let mut auth_position = *log.head(0).borrow();
     if existing.events.is_empty() {
         let created = commands::new_tenant("default", "bootstrap admin");
         let appended = log.append(Append::new(created.events)).await?;

@@ -17,8 +17,11 @@ use crate::{Append, Error, Filter, Log, NewEvent, StoredEvent, TypeFilter};
 /// Opens logs for the suite.
 pub trait Harness: Send + Sync {
     type Log: Log;
-    /// A new, empty log.
+    /// A new, empty log of one partition.
     fn open(&self) -> impl Future<Output = Self::Log> + Send;
+    /// A new, empty log of `partitions` partitions, or `None` for a backend
+    /// that has only one.
+    fn open_partitioned(&self, partitions: u32) -> impl Future<Output = Option<Self::Log>> + Send;
     /// Closes `log` and opens its storage again, or `None` for a backend
     /// that keeps nothing across opens.
     fn reopen(&self, log: Self::Log) -> impl Future<Output = Option<Self::Log>> + Send;
@@ -39,6 +42,7 @@ macro_rules! conformance_suite {
             streams_are_separate_per_tenant_and_read_from_a_version,
             tailing_sees_appends_made_after_it_started,
             find_returns_one_event_by_id,
+            a_partitioned_log_orders_each_partition_and_keeps_a_stream_in_one,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -69,9 +73,9 @@ fn app(tenant: TenantId, stream_name: &str, type_name: &str, n: u64) -> NewEvent
 async fn read_all(log: &dyn Log) -> Vec<StoredEvent> {
     let mut events = Vec::new();
     let mut after = Position::ZERO;
-    let head = *log.head().borrow();
+    let head = *log.head(0).borrow();
     while after < head {
-        let batch = log.read(after, 1_000, &Filter::default()).await.unwrap();
+        let batch = log.read(0, after, 1_000, &Filter::default()).await.unwrap();
         assert!(batch.scanned_to > after, "read made no progress after {after}");
         after = batch.scanned_to;
         events.extend(batch.events);
@@ -95,7 +99,7 @@ pub async fn appends_read_back_in_order_with_gap_free_positions(harness: &impl H
     let second = log.append(Append::new(vec![app(tenant, "a", "t.one", 3)])).await.unwrap();
     assert_eq!(first.iter().map(|a| a.position.0).collect::<Vec<_>>(), [1, 2]);
     assert_eq!((second[0].position, second[0].stream_version), (Position(3), 2));
-    assert_eq!(*log.head().borrow(), Position(3));
+    assert_eq!(*log.head(0).borrow(), Position(3));
 
     let events = read_all(&log).await;
     assert_gap_free(&events);
@@ -151,7 +155,7 @@ pub async fn a_version_conflict_fails_the_whole_append_and_writes_nothing(harnes
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    assert_eq!(*log.head().borrow(), Position(2));
+    assert_eq!(*log.head(0).borrow(), Position(2));
     assert_eq!(read_all(&log).await.len(), 2);
 
     let right = Append::new(vec![app(tenant, "order/1", "order.paid", 5)]).expect(
@@ -290,7 +294,7 @@ pub async fn reads_filter_by_tenant_stream_and_type(harness: &impl Harness) {
         |events: Vec<StoredEvent>| events.iter().map(|e| e.position.0).collect::<Vec<_>>();
     let read = |filter: Filter| {
         let log = &log;
-        async move { log.read(Position::ZERO, 100, &filter).await.unwrap() }
+        async move { log.read(0, Position::ZERO, 100, &filter).await.unwrap() }
     };
     assert_eq!(positions(read(Filter::tenant(a)).await.events), [1, 3, 4, 5]);
     let orders = Filter { types: vec![TypeFilter::parse("order.*")], ..Filter::tenant(a) };
@@ -304,11 +308,11 @@ pub async fn reads_filter_by_tenant_stream_and_type(harness: &impl Harness) {
     assert_eq!(positions(read(either).await.events), [4, 5]);
 
     // A limit stops at the last returned event; reading on continues there.
-    let limited = log.read(Position::ZERO, 2, &Filter::tenant(a)).await.unwrap();
+    let limited = log.read(0, Position::ZERO, 2, &Filter::tenant(a)).await.unwrap();
     assert_eq!((positions(limited.events), limited.scanned_to), (vec![1, 3], Position(3)));
-    let rest = log.read(Position(3), 100, &Filter::tenant(a)).await.unwrap();
+    let rest = log.read(0, Position(3), 100, &Filter::tenant(a)).await.unwrap();
     assert_eq!((positions(rest.events), rest.scanned_to), (vec![4, 5], Position(5)));
-    let nothing = log.read(Position(5), 100, &Filter::default()).await.unwrap();
+    let nothing = log.read(0, Position(5), 100, &Filter::default()).await.unwrap();
     assert_eq!((nothing.events.len(), nothing.scanned_to), (0, Position(5)));
 }
 
@@ -335,7 +339,7 @@ pub async fn tailing_sees_appends_made_after_it_started(harness: &impl Harness) 
     let log: Arc<dyn Log> = Arc::new(harness.open().await);
     let (a, b) = (TenantId::new(), TenantId::new());
     log.append(Append::new(vec![app(a, "s", "t.before", 0)])).await.unwrap();
-    let mut tail = Box::pin(crate::tail(log.clone(), Position::ZERO, Filter::tenant(a)));
+    let mut tail = Box::pin(crate::tail(log.clone(), crate::Cursor::start(1), Filter::tenant(a)));
     let first = tail.next().await.unwrap().unwrap();
     assert_eq!(first.type_name, "t.before");
 
@@ -373,4 +377,88 @@ pub async fn find_returns_one_event_by_id(harness: &impl Harness) {
     assert_eq!((found.position, found.id, found.stream_version), (Position(2), event.id, 2));
     assert_eq!(found.event().unwrap(), event.event);
     assert!(log.find(EventId::new()).await.unwrap().is_none());
+}
+
+pub async fn a_partitioned_log_orders_each_partition_and_keeps_a_stream_in_one(
+    harness: &impl Harness,
+) {
+    const PARTITIONS: u32 = 4;
+    let Some(log) = harness.open_partitioned(PARTITIONS).await else {
+        return;
+    };
+    let log: Arc<dyn Log> = Arc::new(log);
+    assert_eq!(log.partitions(), PARTITIONS);
+    let tenant = TenantId::new();
+    const WRITERS: u64 = 8;
+    const APPENDS: u64 = 10;
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0;
+            for n in 0..APPENDS {
+                let name = format!("order/{}", (writer + n) % 12);
+                let current = log.read_stream(tenant, &stream(&name), 1, 10_000).await.unwrap();
+                let claim =
+                    Append::new(vec![app(tenant, &name, "t.p", n), app(tenant, &name, "t.p", n)])
+                        .expect(tenant, stream(&name), current.len() as u64);
+                match log.append(claim).await {
+                    Ok(appended) => {
+                        assert_eq!(appended.len(), 2);
+                        assert!(appended.iter().all(|a| !a.already_stored), "{appended:?}");
+                        let partition = crate::partition_for(tenant, &stream(&name), PARTITIONS);
+                        assert!(appended.iter().all(|a| a.partition == partition));
+                    }
+                    Err(Error::Conflict(_)) => conflicts += 1,
+                    Err(other) => panic!("unexpected error {other}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for task in tasks {
+        conflicts += task.await.unwrap();
+    }
+
+    let mut total = 0;
+    let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
+    for partition in 0..PARTITIONS {
+        let head = *log.head(partition).borrow();
+        let mut after = Position::ZERO;
+        let mut events = Vec::new();
+        while after < head {
+            let batch = log.read(partition, after, 7, &Filter::default()).await.unwrap();
+            assert!(batch.scanned_to > after, "partition {partition}: no progress after {after}");
+            after = batch.scanned_to;
+            events.extend(batch.events);
+        }
+        assert_gap_free(&events);
+        for event in &events {
+            assert_eq!(event.partition, partition);
+            assert_eq!(crate::partition_for(event.tenant, &event.stream, PARTITIONS), partition);
+            versions
+                .entry(event.stream.as_str().to_owned())
+                .or_default()
+                .push(event.stream_version);
+        }
+        total += events.len() as u64;
+    }
+    assert_eq!(total, 2 * (WRITERS * APPENDS - conflicts), "every winning append, nothing else");
+    for (name, seen) in &versions {
+        assert_eq!(*seen, (1..=seen.len() as u64).collect::<Vec<_>>(), "stream {name} in order");
+        let read = log.read_stream(tenant, &stream(name), 1, 10_000).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.stream_version).collect::<Vec<_>>(), *seen);
+    }
+    let page = crate::read_page(
+        log.as_ref(),
+        &crate::Cursor::start(PARTITIONS),
+        10_000,
+        &Filter::default(),
+        usize::MAX,
+    )
+    .await
+    .unwrap();
+    assert_eq!(page.events.len() as u64, total);
+    assert_eq!(page.next, crate::Cursor::heads(log.as_ref()));
 }

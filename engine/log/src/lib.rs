@@ -6,11 +6,13 @@
 //! embedded default. The conformance suite in [`conformance`] is run by every
 //! backend.
 
+mod cursor;
 mod error;
 mod filter;
 mod memory;
 mod model;
 mod page;
+mod partition;
 mod plan;
 mod sqlite;
 mod tail;
@@ -18,11 +20,13 @@ mod tail;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use cursor::Cursor;
 pub use error::{Error, Result, VersionConflict};
 pub use filter::{Filter, TypeFilter};
 pub use memory::MemoryLog;
 pub use model::{Append, Appended, Expected, NewEvent, ReadBatch, StoredEvent};
 pub use page::{Page, read_page, read_page_where};
+pub use partition::{partition_for, partition_of_key, stream_key};
 pub use sqlite::{Durability, SqliteLog, SqliteOptions};
 pub use tail::tail;
 
@@ -33,7 +37,8 @@ use tokio::sync::watch;
 /// the projection runner, which choose a backend at run time.
 #[async_trait::async_trait]
 pub trait Log: Send + Sync + 'static {
-    /// Appends all events of `append` atomically, or none of them.
+    /// Appends all events of `append` atomically, or none of them. (On a
+    /// partitioned log, atomically per partition: see the backend.)
     ///
     /// Returns once the events are durable, one [`Appended`] per event in
     /// order. An event whose id is already stored is not written again; its
@@ -42,10 +47,21 @@ pub trait Log: Send + Sync + 'static {
     /// of one that succeeded and its expectations are not checked again.
     async fn append(&self, append: Append) -> Result<Vec<Appended>>;
 
-    /// Events after `after` that match `filter`, in log order, at most
-    /// `limit` of them. Examines a bounded window of the log per call;
-    /// [`ReadBatch::scanned_to`] says where to continue.
-    async fn read(&self, after: Position, limit: usize, filter: &Filter) -> Result<ReadBatch>;
+    /// How many partitions the log has, numbered from 0. Each stream lives
+    /// in one ([`partition_for`]); order and positions are per partition.
+    /// The embedded backends have one.
+    fn partitions(&self) -> u32;
+
+    /// Events of `partition` after `after` that match `filter`, in order, at
+    /// most `limit` of them. Examines a bounded window of the partition per
+    /// call; [`ReadBatch::scanned_to`] says where to continue.
+    async fn read(
+        &self,
+        partition: u32,
+        after: Position,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<ReadBatch>;
 
     /// The events of one stream from `from_version` (inclusive), in order.
     async fn read_stream(
@@ -59,9 +75,12 @@ pub trait Log: Send + Sync + 'static {
     /// One event by id.
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>>;
 
-    /// The position of the last stored event (`Position::ZERO` when empty),
-    /// as a watch that changes whenever the log grows. Tailing waits on it.
-    fn head(&self) -> watch::Receiver<Position>;
+    /// The position of the last stored event of `partition`
+    /// (`Position::ZERO` when empty), as a watch that changes whenever the
+    /// partition grows. Tailing waits on it.
+    ///
+    /// Panics if `partition` is not below [`Log::partitions`].
+    fn head(&self, partition: u32) -> watch::Receiver<Position>;
 
     /// Stops accepting appends, finishes the ones already queued, and
     /// returns when they are durable.

@@ -63,6 +63,8 @@ impl Append {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
     pub id: EventId,
+    /// The partition the event's stream lives in.
+    pub partition: u32,
     pub position: Position,
     pub stream_version: u64,
     /// The id was already stored; this is where the earlier copy is.
@@ -73,6 +75,8 @@ pub struct Appended {
 /// which need only the envelope (most projections) skip decoding it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
+    /// The partition the event's stream lives in; `position` counts within it.
+    pub partition: u32,
     pub position: Position,
     pub id: EventId,
     pub tenant: TenantId,
@@ -87,8 +91,10 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    pub(crate) fn from_new(event: &NewEvent, position: Position, stream_version: u64) -> Self {
+    pub(crate) fn from_new(event: &NewEvent, appended: Appended) -> Self {
+        let Appended { partition, position, stream_version, .. } = appended;
         StoredEvent {
+            partition,
             position,
             id: event.id,
             tenant: event.tenant,

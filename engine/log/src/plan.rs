@@ -21,13 +21,15 @@ pub(crate) struct Plan<'a> {
     pub(crate) stream_versions: HashMap<(TenantId, &'a StreamName), u64>,
 }
 
-/// Plans `append` with its first new event at `next`.
+/// Plans `append`, all of whose streams live in `partition`, with its first
+/// new event at `next`.
 ///
 /// `stored` answers whether an id is already in the log (including appends
 /// planned earlier in the same group); `version_of` gives a stream's current
 /// version, 0 if it does not exist.
 pub(crate) fn plan<'a>(
     append: &'a Append,
+    partition: u32,
     next: Position,
     stored: impl Fn(&EventId) -> Option<Appended>,
     mut version_of: impl FnMut(TenantId, &StreamName) -> u64,
@@ -69,8 +71,13 @@ pub(crate) fn plan<'a>(
             .entry((event.tenant, &event.stream))
             .or_insert_with(|| version_of(event.tenant, &event.stream));
         *version += 1;
-        let appended =
-            Appended { id: event.id, position, stream_version: *version, already_stored: false };
+        let appended = Appended {
+            id: event.id,
+            partition,
+            position,
+            stream_version: *version,
+            already_stored: false,
+        };
         in_this_append.insert(event.id, appended);
         plan.results.push(appended);
         plan.writes.push(index);

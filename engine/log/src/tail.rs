@@ -8,13 +8,14 @@ use futures::Stream;
 use spool_schemas::Position;
 use tokio::sync::watch;
 
-use crate::{Filter, Log, Result, StoredEvent};
+use crate::{Cursor, Filter, Log, Result, StoredEvent};
 
 /// How many events one read fetches while catching up.
 const TAIL_BATCH: usize = 1_000;
 
 struct Tail {
     log: Arc<dyn Log>,
+    partition: u32,
     after: Position,
     filter: Filter,
     head: watch::Receiver<Position>,
@@ -23,15 +24,31 @@ struct Tail {
 }
 
 /// The events after `after` that match `filter`, then every matching event
-/// appended later, as they are appended. Ends after yielding an error, or
-/// when the log is dropped.
+/// appended later, as they are appended: each partition's in its order,
+/// partitions interleaved as their events arrive. Ends after yielding an
+/// error, or when the log is dropped.
 pub fn tail(
     log: Arc<dyn Log>,
+    after: Cursor,
+    filter: Filter,
+) -> impl Stream<Item = Result<StoredEvent>> + Send + 'static {
+    let partitions = (0..log.partitions())
+        .map(|partition| {
+            Box::pin(tail_partition(log.clone(), partition, after.get(partition), filter.clone()))
+        })
+        .collect::<Vec<_>>();
+    futures::stream::select_all(partitions)
+}
+
+fn tail_partition(
+    log: Arc<dyn Log>,
+    partition: u32,
     after: Position,
     filter: Filter,
 ) -> impl Stream<Item = Result<StoredEvent>> + Send + 'static {
-    let head = log.head();
-    let state = Tail { log, after, filter, head, buffer: VecDeque::new(), failed: false };
+    let head = log.head(partition);
+    let state =
+        Tail { log, partition, after, filter, head, buffer: VecDeque::new(), failed: false };
     futures::stream::unfold(state, |mut tail| async move {
         if tail.failed {
             return None;
@@ -42,7 +59,7 @@ pub fn tail(
             }
             let head = *tail.head.borrow_and_update();
             if tail.after < head {
-                match tail.log.read(tail.after, TAIL_BATCH, &tail.filter).await {
+                match tail.log.read(tail.partition, tail.after, TAIL_BATCH, &tail.filter).await {
                     Ok(batch) => {
                         tail.after = batch.scanned_to.max(tail.after);
                         tail.buffer.extend(batch.events);

@@ -16,6 +16,10 @@ mod memory {
         async fn reopen(&self, _log: MemoryLog) -> Option<MemoryLog> {
             None
         }
+
+        async fn open_partitioned(&self, partitions: u32) -> Option<MemoryLog> {
+            Some(MemoryLog::with_partitions(partitions))
+        }
     }
 
     spool_log::conformance_suite!(Memory);
@@ -49,6 +53,10 @@ mod sqlite {
             log.close().await.unwrap();
             drop(log);
             Some(SqliteLog::open(path, SqliteOptions::default()).await.unwrap())
+        }
+
+        async fn open_partitioned(&self, _partitions: u32) -> Option<SqliteLog> {
+            None
         }
     }
 

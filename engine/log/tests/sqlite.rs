@@ -28,7 +28,7 @@ async fn a_log_opened_through_a_symlink_syncs_and_acknowledges() {
     let log = SqliteLog::open(dir.path().join("log.db"), SqliteOptions::default()).await.unwrap();
     let appended = log.append(Append::new(vec![event(TenantId::new(), 1)])).await.unwrap();
     assert_eq!(appended[0].position, Position(1));
-    assert_eq!(*log.head().borrow(), Position(1));
+    assert_eq!(*log.head(0).borrow(), Position(1));
     log.close().await.unwrap();
 }
 
@@ -56,7 +56,7 @@ async fn of_concurrent_identical_appends_exactly_one_is_new() {
         assert_eq!(answers.iter().filter(|a| !a.already_stored).count(), 1, "{answers:?}");
         assert!(answers.iter().all(|a| a.position == answers[0].position));
     }
-    assert_eq!(*log.head().borrow(), Position(50));
+    assert_eq!(*log.head(0).borrow(), Position(50));
 }
 
 /// Two writers on one file (a server and the `spool` CLI, say). Each trusts

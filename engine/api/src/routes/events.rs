@@ -480,7 +480,7 @@ async fn read_page(
     debug_assert_eq!(filter.tenant, Some(tenant));
     let page = spool_log::read_page_where(
         &*state.log,
-        after,
+        &single_partition(after),
         limit,
         &filter,
         MAX_READS_PER_PAGE,
@@ -488,5 +488,12 @@ async fn read_page(
     )
     .await?;
     let events = page.events.into_iter().map(EventView::from_stored).collect::<Result<_, _>>()?;
-    Ok(EventPage { events, next: page.next.0, has_more: page.more })
+    Ok(EventPage { events, next: page.next.get(0).0, has_more: page.more })
+}
+
+/// The cursor of a one-partition log at `position`.
+pub(crate) fn single_partition(position: Position) -> spool_log::Cursor {
+    let mut cursor = spool_log::Cursor::start(1);
+    cursor.set(0, position);
+    cursor
 }

@@ -9,6 +9,7 @@
 //! one `event: error` whose data is a problem document naming the position;
 //! no event is ever skipped silently.
 
+use super::events::single_partition;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -84,7 +85,7 @@ pub(crate) async fn stream(
         event_filter(caller.tenant, stream_query.types.as_deref(), stream_query.stream.as_deref())?;
     let after = match last_event_id.or(stream_query.after) {
         Some(position) => Position(position),
-        None => *state.log.head().borrow(),
+        None => *state.log.head(0).borrow(),
     };
 
     let mut shutdown = state.shutdown.clone();
@@ -94,7 +95,7 @@ pub(crate) async fn stream(
     };
     let key_invalid = key_invalid(state.clone(), caller);
     let ended = futures::future::select(Box::pin(server_stopping), Box::pin(key_invalid));
-    let events = spool_log::tail(state.log.clone(), after, filter)
+    let events = spool_log::tail(state.log.clone(), single_partition(after), filter)
         .take_until(ended)
         .filter(|event| {
             futures::future::ready(match event {

@@ -201,11 +201,11 @@ impl Harness {
     }
 
     pub async fn read_all(&self) -> Vec<StoredEvent> {
-        let head = *self.log.head().borrow();
+        let head = *self.log.head(0).borrow();
         let mut events = Vec::new();
         let mut after = Position::ZERO;
         while after < head {
-            let batch = self.log.read(after, 10_000, &Filter::default()).await.unwrap();
+            let batch = self.log.read(0, after, 10_000, &Filter::default()).await.unwrap();
             events.extend(batch.events);
             after = batch.scanned_to;
         }
@@ -217,10 +217,10 @@ impl Harness {
     pub async fn api_calls(&self, n: usize) -> Vec<(TenantId, ApiCall)> {
         let filter =
             Filter { types: vec![TypeFilter::Exact("api.call".into())], ..Filter::default() };
-        let mut head = self.log.head();
+        let mut head = self.log.head(0);
         tokio::time::timeout(WAIT, async {
             loop {
-                let batch = self.log.read(Position::ZERO, 100_000, &filter).await.unwrap();
+                let batch = self.log.read(0, Position::ZERO, 100_000, &filter).await.unwrap();
                 if batch.events.len() >= n {
                     return batch
                         .events
@@ -292,13 +292,18 @@ impl Log for Faulty {
         self.inner.append(append).await
     }
 
+    fn partitions(&self) -> u32 {
+        self.inner.partitions()
+    }
+
     async fn read(
         &self,
+        partition: u32,
         after: Position,
         limit: usize,
         filter: &Filter,
     ) -> spool_log::Result<spool_log::ReadBatch> {
-        let mut batch = self.inner.read(after, limit, filter).await?;
+        let mut batch = self.inner.read(partition, after, limit, filter).await?;
         for event in &mut batch.events {
             if event.type_name == "bad.data" {
                 event.data = "not json".into();
@@ -321,8 +326,8 @@ impl Log for Faulty {
         self.inner.find(id).await
     }
 
-    fn head(&self) -> watch::Receiver<Position> {
-        self.inner.head()
+    fn head(&self, partition: u32) -> watch::Receiver<Position> {
+        self.inner.head(partition)
     }
 
     async fn close(&self) -> spool_log::Result<()> {

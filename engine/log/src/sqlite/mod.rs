@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spool_schemas::{EventId, Position, StreamName, TenantId};
+use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::ConnectOptions;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -301,6 +301,10 @@ impl Drop for SqliteLog {
 
 #[async_trait::async_trait]
 impl Log for SqliteLog {
+    fn partitions(&self) -> u32 {
+        1
+    }
+
     async fn append(&self, append: Append) -> Result<Vec<Appended>> {
         if append.events.is_empty() {
             return Ok(Vec::new());
@@ -315,7 +319,16 @@ impl Log for SqliteLog {
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    async fn read(&self, after: Position, limit: usize, filter: &Filter) -> Result<ReadBatch> {
+    async fn read(
+        &self,
+        partition: u32,
+        after: Position,
+        limit: usize,
+        filter: &Filter,
+    ) -> Result<ReadBatch> {
+        if partition != 0 {
+            return Err(Error::Invalid(format!("partition {partition} does not exist")));
+        }
         // Everything at or below the head is committed, so bounding the
         // query by it never skips an event a later read would miss.
         let head = *self.head.borrow();
@@ -408,7 +421,8 @@ impl Log for SqliteLog {
         Ok(found.pop())
     }
 
-    fn head(&self) -> watch::Receiver<Position> {
+    fn head(&self, partition: u32) -> watch::Receiver<Position> {
+        assert_eq!(partition, 0, "the SQLite log has one partition");
         self.head.subscribe()
     }
 

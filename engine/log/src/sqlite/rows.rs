@@ -148,6 +148,7 @@ pub(super) async fn fetch_batch<'q>(
             Error::Invalid(format!("stored event at position {position} names an unknown stream"))
         })?;
         events.push(StoredEvent {
+            partition: 0,
             position: Position(position),
             id: hex_id(id, position)?.ok_or_else(|| {
                 Error::Invalid(format!("stored event at position {position} has no id"))

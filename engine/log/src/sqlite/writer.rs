@@ -306,6 +306,7 @@ impl Writer {
     ) -> Result<Plan<'a>> {
         plan(
             &request.append,
+            0,
             next,
             |id| stored.get(id).copied(),
             |tenant, stream| cached(&self.streams, tenant, stream).map_or(0, |s| s.version),
@@ -334,6 +335,7 @@ impl Writer {
                 let id = EventId::from_bytes(bytes);
                 let appended = Appended {
                     id,
+                    partition: 0,
                     position: Position(row.try_get::<i64, _>(1)? as u64),
                     stream_version: row.try_get::<i64, _>(2)? as u64,
                     already_stored: true,
