@@ -236,3 +236,105 @@ async fn an_independent_kafka_client_reads_and_decodes_what_spool_wrote() {
         assert_eq!(record["stream_version"], appended.stream_version);
     }
 }
+
+/// A broker of this test's own, to take away and bring back.
+struct OwnBroker {
+    child: std::process::Child,
+    address: String,
+}
+
+impl OwnBroker {
+    async fn start() -> OwnBroker {
+        let tansu = std::env::var("SPOOL_TEST_TANSU").expect(
+            "SPOOL_TEST_TANSU is not set: run the tests with ./scripts/test, which installs tansu",
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let address = format!("127.0.0.1:{port}");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&address).await.is_ok() {
+                return OwnBroker { child, address };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("tansu did not listen on {address}");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker going away while appends are made: they fail with
+/// `Unavailable` within the timeout instead of hanging, the log recovers by
+/// itself when the broker returns, nothing acknowledged is lost, and
+/// retrying the failed append with the same ids stores it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_fail_fast_while_the_broker_is_away_and_recover_when_it_returns() {
+    let broker = OwnBroker::start().await;
+    let options = KafkaOptions {
+        timeout: std::time::Duration::from_secs(2),
+        ..KafkaOptions::new(broker.address.clone(), fresh_topic())
+    };
+    let log = KafkaLog::open(options).await.unwrap();
+    let tenant = TenantId::new();
+    let mut acknowledged = Vec::new();
+    for n in 0..5 {
+        acknowledged.push(log.append(Append::new(vec![event(tenant, "s", n)])).await.unwrap()[0]);
+    }
+
+    broker.signal("-STOP");
+    let during = Append::new(vec![event(tenant, "s", 100)]);
+    let started = std::time::Instant::now();
+    let failed =
+        tokio::time::timeout(std::time::Duration::from_secs(30), log.append(during.clone()))
+            .await
+            .expect("an append while the broker is away must fail, not hang");
+    assert!(matches!(failed, Err(Error::Unavailable(_))), "{failed:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
+
+    broker.signal("-CONT");
+    // Recovers by itself: the same append, retried, goes through once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let retried = loop {
+        match log.append(during.clone()).await {
+            Ok(appended) => break appended[0],
+            Err(Error::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(other) => panic!("no recovery: {other}"),
+        }
+    };
+    let after = log.append(Append::new(vec![event(tenant, "s", 101)])).await.unwrap()[0];
+    let stored = log.read_stream(tenant, &StreamName::new("s").unwrap(), 1, 100).await.unwrap();
+    let ids: Vec<_> = stored.iter().map(|e| e.id).collect();
+    for appended in acknowledged.iter().chain([&retried, &after]) {
+        assert_eq!(
+            ids.iter().filter(|id| **id == appended.id).count(),
+            1,
+            "{} stored once",
+            appended.id
+        );
+    }
+    assert_eq!(stored.len(), 7);
+    let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, (1..=7).collect::<Vec<_>>());
+}

@@ -91,7 +91,11 @@ struct Shared {
 
 pub struct KafkaLog {
     options: KafkaOptions,
-    producer: FutureProducer,
+    /// Replaced when librdkafka declares it fatally failed (as after a
+    /// message timed out while the broker was away, which fences an
+    /// idempotent producer for good).
+    producer: Mutex<FutureProducer>,
+    producer_config: ClientConfig,
     shared: Arc<Shared>,
     follower: JoinHandle<()>,
     closed: std::sync::atomic::AtomicBool,
@@ -116,13 +120,10 @@ impl KafkaLog {
             .await
             .map_err(|e| unreachable("cannot create the topic", &e))?;
 
-        let producer: FutureProducer = config
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .create()
-            .map_err(|e| unreachable("cannot create a producer", &e))?;
+        let mut producer_config = config.clone();
+        producer_config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "1");
+        let producer: FutureProducer =
+            producer_config.create().map_err(|e| unreachable("cannot create a producer", &e))?;
         let consumer: StreamConsumer = config
             .clone()
             .set("group.id", format!("spool-follower-{}", uuid::Uuid::now_v7()))
@@ -149,7 +150,14 @@ impl KafkaLog {
             .await
             .map_err(|e| unreachable("cannot read the partitions' ends", &e))?;
         let follower = tokio::spawn(follow(consumer, shared.clone()));
-        let log = KafkaLog { options, producer, shared, follower, closed: false.into() };
+        let log = KafkaLog {
+            options,
+            producer: Mutex::new(producer),
+            producer_config,
+            shared,
+            follower,
+            closed: false.into(),
+        };
         for (partition, end) in ends.into_iter().enumerate() {
             log.caught_up(partition as u32, end).await?;
         }
@@ -172,6 +180,25 @@ impl KafkaLog {
                 "Kafka broker at {}: partition {partition} of {} was not read to offset {offset} in {:?}",
                 self.options.brokers, self.options.topic, self.options.timeout
             ))),
+        }
+    }
+
+    fn producer(&self) -> FutureProducer {
+        lock(&self.producer).clone()
+    }
+
+    /// Replaces `failed` after a failed delivery. An idempotent producer
+    /// whose message timed out (the broker was away) bumps its epoch, and
+    /// the broker may fence it for good; a fresh producer id costs one
+    /// round trip and cannot be fenced by the old one's history.
+    fn renew(&self, failed: &FutureProducer) {
+        let mut current = lock(&self.producer);
+        if failed.client().native_ptr() != current.client().native_ptr() {
+            return; // another append renewed it already
+        }
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(fresh) => *current = fresh,
+            Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
         }
     }
 
@@ -251,7 +278,7 @@ impl KafkaLog {
 
     async fn catch_up(&self, partition: u32) -> Result<()> {
         let ends =
-            high_watermarks(&self.producer, &self.options, self.partitions()).await.map_err(
+            high_watermarks(&self.producer(), &self.options, self.partitions()).await.map_err(
                 |e| Error::Unavailable(format!("Kafka broker at {}: {e}", self.options.brokers)),
             )?;
         self.caught_up(partition, ends[partition as usize]).await
@@ -289,6 +316,22 @@ impl KafkaLog {
         part_id: PartId,
         claims: &[(&crate::NewEvent, u64)],
     ) -> Result<()> {
+        let producer = self.producer();
+        let result = self.produce_with(&producer, partition, part_id, claims).await;
+        if let Err(error) = &result {
+            tracing::warn!(%error, "a Kafka delivery failed; using a new producer");
+            self.renew(&producer);
+        }
+        result
+    }
+
+    async fn produce_with(
+        &self,
+        producer: &FutureProducer,
+        partition: u32,
+        part_id: PartId,
+        claims: &[(&crate::NewEvent, u64)],
+    ) -> Result<()> {
         let part_hex = hex(&part_id);
         let count = claims.len();
         let mut deliveries = Vec::with_capacity(count);
@@ -317,8 +360,7 @@ impl KafkaLog {
                 .payload(&value)
                 .headers(headers);
             // Enqueued in order; the idempotent producer keeps that order.
-            let delivery = self
-                .producer
+            let delivery = producer
                 .send_result(record)
                 .map_err(|(error, _)| unavailable(&self.options, &error))?;
             deliveries.push(delivery);
@@ -619,7 +661,7 @@ impl Log for KafkaLog {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, std::sync::atomic::Ordering::Release);
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let timeout = self.options.timeout;
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
