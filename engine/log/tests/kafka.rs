@@ -257,14 +257,15 @@ impl OwnBroker {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let address = format!("127.0.0.1:{port}");
+        // Owned at once, so that it is killed and reaped on every path.
+        let broker = OwnBroker { child, address: format!("127.0.0.1:{port}") };
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(&address).await.is_ok() {
-                return OwnBroker { child, address };
+            if tokio::net::TcpStream::connect(&broker.address).await.is_ok() {
+                return broker;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        panic!("tansu did not listen on {address}");
+        panic!("tansu did not listen on {}", broker.address);
     }
 
     fn signal(&self, signal: &str) {
