@@ -31,9 +31,9 @@ impl Cursor {
         let cursor: Cursor = text.parse()?;
         if cursor.partitions() != log.partitions() {
             return Err(Error::Invalid(format!(
-                "cursor {text:?} has {} positions, one per partition, but the log has {} partitions",
-                cursor.partitions(),
-                log.partitions()
+                "cursor {text:?} has {}, one per partition, but the log has {}",
+                counted(cursor.partitions(), "position"),
+                counted(log.partitions(), "partition")
             )));
         }
         Ok(cursor)
@@ -60,6 +60,10 @@ impl Cursor {
     pub fn is_behind(&self, other: &Cursor) -> bool {
         (0..other.partitions()).any(|p| self.get(p) < other.get(p))
     }
+}
+
+fn counted(n: u32, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 impl fmt::Display for Cursor {

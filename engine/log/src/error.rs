@@ -23,9 +23,11 @@ pub enum Error {
         .0.stream, .0.tenant, .0.actual, .0.expected
     )]
     Conflict(Box<VersionConflict>),
-    /// The append itself is malformed (for example, a stream name too long
-    /// for the backend); nothing was written.
-    #[error("invalid append: {0}")]
+    /// The request itself is malformed (an append with a stream name too
+    /// long for the backend, a cursor for another partition count, a
+    /// partition that does not exist); nothing was written. The text says
+    /// what is wrong.
+    #[error("{0}")]
     Invalid(String),
     /// The store failed; the append may or may not be durable only if the
     /// failure happened during commit, and a retry with the same event ids

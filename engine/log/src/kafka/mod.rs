@@ -19,6 +19,9 @@
 //! step.
 
 mod arbiter;
+mod group;
+
+pub use group::PartitionGroup;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,7 +57,7 @@ const INDEX_HEADER: &str = "spool-index";
 /// How often an append whose claims lost to another writer's plans again.
 const MAX_ATTEMPTS: usize = 20;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KafkaOptions {
     /// `host:port[,host:port…]`.
     pub brokers: String,
