@@ -10,6 +10,15 @@
 //!
 //! Only these three event types are decoded; every other event is passed
 //! over by its type name alone.
+//!
+//! Order: the fold relies on one order only, a key's `key.revoked` after
+//! its `key.created`, and both live in the key's stream (`key/<key_id>`,
+//! see `spool_api::commands`), so in one partition, in order. Tenants and
+//! keys are separate rows (a key's row does not need its tenant's), so the
+//! interleaving of partitions changes nothing. A log that broke this (a
+//! revocation in another stream than its creation) could fail the fold in
+//! one interleaving and not another; a second key with an existing secret
+//! hash fails in every interleaving, at whichever of the twins comes second.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use spool_log::StoredEvent;
@@ -17,7 +26,7 @@ use spool_schemas::{
     Event, KeyCreated, KeyId, KeyRevoked, Payload, Scope, TenantCreated, TenantId,
 };
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::views::{Connection, Views};
 use crate::{Error, Projection, Result, Table, Tables};
@@ -45,7 +54,7 @@ static TABLES: [Table; 2] = [
                 secret_hash TEXT NOT NULL,
                 scopes      TEXT NOT NULL,
                 expires_at  TEXT,
-                revoked     INTEGER NOT NULL,
+                revoked     BIGINT NOT NULL,
                 created_at  TEXT NOT NULL
             )",
             "CREATE UNIQUE INDEX {table}_by_secret_hash ON {table} (secret_hash)",
@@ -84,8 +93,7 @@ impl Projection for Auth {
             {
                 continue;
             }
-            let failed =
-                |message: &dyn std::fmt::Display| Error::apply(NAME, event.position, message);
+            let failed = |message: &dyn std::fmt::Display| Error::apply(NAME, event, message);
             let decoded = event.event().map_err(|error| failed(&error))?;
             apply_one(connection, tables, event, decoded).await.map_err(|error| match error {
                 Error::Sql(sql) => failed(&sql),
@@ -106,7 +114,7 @@ async fn apply_one(
     match decoded {
         Event::TenantCreated(TenantCreated { name }) => {
             sqlx::query(&format!(
-                "INSERT INTO {} (tenant, name, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO {} (tenant, name, created_at) VALUES ($1, $2, $3)",
                 tables.get(TENANTS)
             ))
             .bind(event.tenant.to_string())
@@ -118,7 +126,7 @@ async fn apply_one(
         Event::KeyCreated(key) => {
             sqlx::query(&format!(
                 "INSERT INTO {} (key_id, tenant, name, secret_hash, scopes, expires_at, \
-                 revoked, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)",
+                 revoked, created_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7)",
                 tables.get(KEYS)
             ))
             .bind(key.key_id.to_string())
@@ -133,7 +141,7 @@ async fn apply_one(
         }
         Event::KeyRevoked(KeyRevoked { key_id }) => {
             let revoked = sqlx::query(&format!(
-                "UPDATE {} SET revoked = 1 WHERE key_id = ? AND tenant = ?",
+                "UPDATE {} SET revoked = 1 WHERE key_id = $1 AND tenant = $2",
                 tables.get(KEYS)
             ))
             .bind(key_id.to_string())
@@ -143,7 +151,7 @@ async fn apply_one(
             if revoked.rows_affected() == 0 {
                 return Err(Error::apply(
                     NAME,
-                    event.position,
+                    event,
                     format!("revokes {key_id}, which tenant {} has no key", event.tenant),
                 ));
             }
@@ -178,7 +186,7 @@ const SELECT_TENANTS: &str = "SELECT tenant, name, created_at FROM auth_tenants"
 /// The key whose secret hashes to `secret_hash` (lowercase hex SHA-256),
 /// revoked or not.
 pub async fn key_by_secret_hash(views: &Views, secret_hash: &str) -> Result<Option<KeyRecord>> {
-    let row = sqlx::query(&format!("{SELECT_KEYS} WHERE secret_hash = ?"))
+    let row = sqlx::query(&format!("{SELECT_KEYS} WHERE secret_hash = $1"))
         .bind(secret_hash)
         .fetch_optional(views.pool())
         .await?;
@@ -186,7 +194,7 @@ pub async fn key_by_secret_hash(views: &Views, secret_hash: &str) -> Result<Opti
 }
 
 pub async fn key(views: &Views, key_id: KeyId) -> Result<Option<KeyRecord>> {
-    let row = sqlx::query(&format!("{SELECT_KEYS} WHERE key_id = ?"))
+    let row = sqlx::query(&format!("{SELECT_KEYS} WHERE key_id = $1"))
         .bind(key_id.to_string())
         .fetch_optional(views.pool())
         .await?;
@@ -195,15 +203,20 @@ pub async fn key(views: &Views, key_id: KeyId) -> Result<Option<KeyRecord>> {
 
 /// Every key of one tenant, revoked ones included, oldest first.
 pub async fn keys(views: &Views, tenant: TenantId) -> Result<Vec<KeyRecord>> {
-    let rows = sqlx::query(&format!("{SELECT_KEYS} WHERE tenant = ? ORDER BY created_at, key_id"))
+    let rows = sqlx::query(&format!("{SELECT_KEYS} WHERE tenant = $1"))
         .bind(tenant.to_string())
         .fetch_all(views.pool())
         .await?;
-    rows.iter().map(key_record).collect()
+    let mut keys = rows.iter().map(key_record).collect::<Result<Vec<_>>>()?;
+    // Sorted here, not by SQL: PostgreSQL would order text by its collation.
+    keys.sort_by(|a, b| {
+        (a.created_at, a.key_id.to_string()).cmp(&(b.created_at, b.key_id.to_string()))
+    });
+    Ok(keys)
 }
 
 pub async fn tenant(views: &Views, tenant: TenantId) -> Result<Option<TenantRecord>> {
-    let row = sqlx::query(&format!("{SELECT_TENANTS} WHERE tenant = ?"))
+    let row = sqlx::query(&format!("{SELECT_TENANTS} WHERE tenant = $1"))
         .bind(tenant.to_string())
         .fetch_optional(views.pool())
         .await?;
@@ -212,13 +225,16 @@ pub async fn tenant(views: &Views, tenant: TenantId) -> Result<Option<TenantReco
 
 /// Every tenant, oldest first.
 pub async fn tenants(views: &Views) -> Result<Vec<TenantRecord>> {
-    let rows = sqlx::query(&format!("{SELECT_TENANTS} ORDER BY created_at, tenant"))
-        .fetch_all(views.pool())
-        .await?;
-    rows.iter().map(tenant_record).collect()
+    let rows = sqlx::query(SELECT_TENANTS).fetch_all(views.pool()).await?;
+    let mut tenants = rows.iter().map(tenant_record).collect::<Result<Vec<_>>>()?;
+    // Sorted here, not by SQL: PostgreSQL would order text by its collation.
+    tenants.sort_by(|a, b| {
+        (a.created_at, a.tenant.to_string()).cmp(&(b.created_at, b.tenant.to_string()))
+    });
+    Ok(tenants)
 }
 
-fn key_record(row: &SqliteRow) -> Result<KeyRecord> {
+fn key_record(row: &AnyRow) -> Result<KeyRecord> {
     let scopes: String = row.try_get(3)?;
     let expires_at: Option<String> = row.try_get(4)?;
     Ok(KeyRecord {
@@ -232,7 +248,7 @@ fn key_record(row: &SqliteRow) -> Result<KeyRecord> {
     })
 }
 
-fn tenant_record(row: &SqliteRow) -> Result<TenantRecord> {
+fn tenant_record(row: &AnyRow) -> Result<TenantRecord> {
     Ok(TenantRecord {
         tenant: parse(TENANTS, &row.try_get::<String, _>(0)?)?,
         name: row.try_get(1)?,

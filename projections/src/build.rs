@@ -1,15 +1,17 @@
 //! Applying batches with their checkpoint, building a generation in shadow
 //! tables and swapping it in, and the operator's `rebuild`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use spool_log::{Log, StoredEvent};
+use spool_log::{Cursor, Log};
 use spool_schemas::Position;
 use tokio::sync::watch;
 
 use crate::feed::{Batch, Feed};
 use crate::registry::{self, Build};
+use crate::status::events_before;
 use crate::views::Views;
 use crate::{Error, Projection, Result, Tables};
 
@@ -20,10 +22,23 @@ const REBUILD_BATCH: usize = 5_000;
 #[derive(Clone, Debug)]
 pub struct RebuildProgress {
     pub name: String,
-    /// Every event up to here is in the shadow tables.
-    pub applied: Position,
-    /// The log's head: the rebuild is done when `applied` reaches it.
-    pub head: Position,
+    /// Every event up to here, in each partition, is in the shadow tables.
+    pub applied: Cursor,
+    /// The log's heads as last read: the rebuild is done when `applied`
+    /// reaches them in every partition.
+    pub head: Cursor,
+}
+
+impl RebuildProgress {
+    /// How many events (of every partition) the shadow tables hold.
+    pub fn applied_events(&self) -> u64 {
+        events_before(&self.applied)
+    }
+
+    /// How many events the log held (of every partition), as last read.
+    pub fn head_events(&self) -> u64 {
+        events_before(&self.head)
+    }
 }
 
 /// What a finished rebuild did.
@@ -33,9 +48,10 @@ pub struct RebuildReport {
     pub elapsed: Duration,
 }
 
-/// Rebuilds `projection` from position zero into shadow tables while its
-/// current tables keep serving reads, then swaps them in atomically (one
-/// transaction) and drops the old ones. `progress` hears after every batch.
+/// Rebuilds `projection` from position zero of every partition into shadow
+/// tables while its current tables keep serving reads, then swaps them in
+/// atomically (one transaction) and drops the old ones. `progress` hears
+/// after every batch.
 ///
 /// Must not run while a [`crate::Runner`] drives the same projection on the
 /// same views: both would write its registry row. Stop the server first, or
@@ -49,54 +65,74 @@ pub async fn rebuild(
     let started = Instant::now();
     registry::install(views, projection.as_ref()).await?;
     let build = registry::start_build(views, projection.as_ref()).await?;
-    let mut feed = Feed::start(log.clone(), build.checkpoint, REBUILD_BATCH);
+    let partitions: Vec<u32> = (0..log.partitions()).collect();
+    let mut checkpoint = Cursor::start(log.partitions());
+    let mut feed = Feed::start(log.clone(), &checkpoint, &partitions, REBUILD_BATCH);
+    let mut head = Cursor::heads(log.as_ref());
     let mut events = 0;
     let (_never_stop, no_shutdown) = watch::channel(false);
-    build_and_swap(&log, views, projection.as_ref(), &mut feed, build, no_shutdown, |batch| {
-        events += batch.events.len() as u64;
-        progress(RebuildProgress {
-            name: projection.name().to_owned(),
-            applied: batch.scanned_to,
-            head: batch.head,
-        });
-    })
-    .await?;
+    let building = Building { projection: projection.as_ref(), build, partitions: &partitions };
+    building
+        .build_and_swap(&log, views, &mut feed, &mut checkpoint, no_shutdown, |batch, applied| {
+            events += batch.events.len() as u64;
+            head.set(batch.partition, head.get(batch.partition).max(batch.head));
+            progress(RebuildProgress {
+                name: projection.name().to_owned(),
+                applied: applied.clone(),
+                head: head.clone(),
+            });
+        })
+        .await?;
     Ok(RebuildReport { events, elapsed: started.elapsed() })
 }
 
-/// Applies `build`'s projection from its checkpoint until it has caught up
-/// with the log, then swaps it in. Returns the swapped build, or `None`
-/// when `shutdown` turned true first (the build resumes on the next start).
-pub(crate) async fn build_and_swap(
-    log: &Arc<dyn Log>,
-    views: &Views,
-    projection: &dyn Projection,
-    feed: &mut Feed,
-    mut build: Build,
-    mut shutdown: watch::Receiver<bool>,
-    mut on_batch: impl FnMut(&Batch) + Send,
-) -> Result<Option<Build>> {
-    let head = log.head(0);
-    let tables = Tables { generation: build.generation };
-    // An empty log is caught up before the first batch.
-    if build.checkpoint < *head.borrow() {
-        loop {
+/// A build of a projection into shadow tables, from every partition.
+pub(crate) struct Building<'a> {
+    pub(crate) projection: &'a dyn Projection,
+    pub(crate) build: Build,
+    /// The partitions `feed` reads: every partition of the log.
+    pub(crate) partitions: &'a [u32],
+}
+
+impl Building<'_> {
+    /// Applies the build's projection from `checkpoint` until every
+    /// partition has caught up with the log, then swaps it in. Returns the
+    /// swapped build, or `None` when `shutdown` turned true first (the
+    /// build resumes on the next start from its stored checkpoint).
+    pub(crate) async fn build_and_swap(
+        self,
+        log: &Arc<dyn Log>,
+        views: &Views,
+        feed: &mut Feed,
+        checkpoint: &mut Cursor,
+        mut shutdown: watch::Receiver<bool>,
+        mut on_batch: impl FnMut(&Batch, &Cursor) + Send,
+    ) -> Result<Option<Build>> {
+        let tables = Tables { generation: self.build.generation };
+        // Partitions already caught up (an empty log is) need no batch.
+        let mut behind: BTreeSet<u32> = self
+            .partitions
+            .iter()
+            .copied()
+            .filter(|&partition| checkpoint.get(partition) < *log.head(partition).borrow())
+            .collect();
+        while !behind.is_empty() {
             let Some(batch) = next_batch(feed, &mut shutdown).await? else {
                 return Ok(None);
             };
-            apply_batch(views, projection, tables, &batch, true).await?;
-            build.checkpoint = batch.scanned_to;
-            on_batch(&batch);
+            apply_batch(views, self.projection, tables, &batch).await?;
+            checkpoint.set(batch.partition, batch.scanned_to);
+            on_batch(&batch, checkpoint);
             // Caught up as of the batch's read: close enough to swap, and
             // the live loop carries on from here. Waiting for an exact
             // match with a moving head could wait forever.
             if batch.caught_up() {
-                break;
+                behind.remove(&batch.partition);
             }
         }
+        registry::swap(views, self.projection, self.build).await?;
+        Ok(Some(self.build))
     }
-    registry::swap(views, projection, build).await?;
-    Ok(Some(build))
 }
 
 /// The next batch of `feed`, or `None` once `shutdown` turns true.
@@ -125,37 +161,46 @@ pub(crate) async fn next_batch(
     }
 }
 
-/// Applies one batch and moves the checkpoint, in one transaction.
+/// Applies one batch (of one partition) to `tables` and moves that
+/// partition's checkpoint of the same generation, in one transaction.
 pub(crate) async fn apply_batch(
     views: &Views,
     projection: &dyn Projection,
     tables: Tables,
     batch: &Batch,
-    building: bool,
 ) -> Result<()> {
     let mut write = views.write().await?;
     if !batch.events.is_empty() {
         projection
             .apply(write.connection(), tables, &batch.events)
             .await
-            .map_err(|error| attribute(projection.name(), &batch.events, error))?;
+            .map_err(|error| attribute(projection.name(), batch, error))?;
     }
-    registry::checkpoint(write.connection(), projection.name(), batch.scanned_to, building).await?;
+    registry::advance(
+        write.connection(),
+        projection.name(),
+        tables.generation,
+        batch.partition,
+        batch.after,
+        batch.scanned_to,
+    )
+    .await?;
     write.commit().await
 }
 
 /// A store error while applying a batch is charged to the batch's first
 /// event, so that the failure always names a position.
-fn attribute(projection: &'static str, events: &[StoredEvent], error: Error) -> Error {
+fn attribute(projection: &'static str, batch: &Batch, error: Error) -> Error {
     match error {
         Error::Sql(sql) => {
-            let first = events.first().map_or(Position::ZERO, |e| e.position);
-            let last = events.last().map_or(Position::ZERO, |e| e.position);
-            Error::apply(
+            let first = batch.events.first().map_or(Position::ZERO, |e| e.position);
+            let last = batch.events.last().map_or(Position::ZERO, |e| e.position);
+            Error::Apply {
                 projection,
-                first,
-                format!("while applying positions {first}..={last}: {sql}"),
-            )
+                partition: batch.partition,
+                position: first,
+                message: format!("while applying positions {first}..={last}: {sql}"),
+            }
         }
         other => other,
     }

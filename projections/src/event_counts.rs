@@ -2,37 +2,43 @@
 //! (UTC, by `recorded_at`). Counts every event, Spool's and apps' alike.
 //!
 //! Table `event_counts` (stable within version 1):
-//! `tenant` TEXT (`ten_…`), `minute` INTEGER (Unix seconds of the minute's
-//! start), `event_type` TEXT, `count` INTEGER; primary key
+//! `tenant` TEXT (`ten_…`), `minute` BIGINT (Unix seconds of the minute's
+//! start), `event_type` TEXT, `count` BIGINT; primary key
 //! `(tenant, minute, event_type)`.
 //!
 //! The fold reads only envelope fields, never the payload, and sums each
-//! batch in memory before writing, so a batch costs a few upserts.
+//! batch in memory before writing, so a batch costs a few upserts. Sums
+//! commute, so the rows do not depend on how partitions interleave.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use spool_log::{StoredEvent, TypeFilter};
 use spool_schemas::TenantId;
-use sqlx::{QueryBuilder, Row};
+use sqlx::Row;
 
-use crate::views::{Connection, Database, Views};
+use crate::views::{Connection, Views};
 use crate::{Error, Projection, Result, Table, Tables};
 
 pub const NAME: &str = "event_counts";
 const TABLE: &str = "event_counts";
 
-/// Rows per upsert statement: 4 parameters each, well under SQLite's limit.
+/// Rows per upsert statement: 4 parameters each, well under the limits of
+/// SQLite (32,766) and PostgreSQL (65,535).
 const ROWS_PER_STATEMENT: usize = 500;
 
+// The column types read the same in both stores; in SQLite files built
+// before PostgreSQL was supported they are `INTEGER`, which SQLite treats
+// alike, so the version did not change.
 static TABLES: [Table; 1] = [Table {
     name: TABLE,
     create: &["CREATE TABLE {table} (
         tenant     TEXT NOT NULL,
-        minute     INTEGER NOT NULL,
+        minute     BIGINT NOT NULL,
         event_type TEXT NOT NULL,
-        count      INTEGER NOT NULL,
+        count      BIGINT NOT NULL,
         PRIMARY KEY (tenant, minute, event_type)
     )"],
 }];
@@ -72,20 +78,34 @@ impl Projection for EventCounts {
         sums.sort_unstable();
         let table = tables.get(TABLE);
         for chunk in sums.chunks(ROWS_PER_STATEMENT) {
-            let mut upsert = QueryBuilder::<Database>::new(format!(
-                "INSERT INTO {table} (tenant, minute, event_type, count) "
-            ));
-            upsert.push_values(chunk, |mut row, ((tenant, minute, event_type), count)| {
-                row.push_bind(tenant.to_string())
-                    .push_bind(*minute)
-                    .push_bind(*event_type)
-                    .push_bind(*count);
-            });
-            upsert.push(
+            let mut sql =
+                format!("INSERT INTO {table} (tenant, minute, event_type, count) VALUES ");
+            for row in 0..chunk.len() {
+                let first = row * 4;
+                let separator = if row == 0 { "" } else { ", " };
+                write!(
+                    sql,
+                    "{separator}(${}, ${}, ${}, ${})",
+                    first + 1,
+                    first + 2,
+                    first + 3,
+                    first + 4
+                )
+                .expect("writing to a string");
+            }
+            // PostgreSQL needs the existing row's column qualified.
+            write!(
+                sql,
                 " ON CONFLICT (tenant, minute, event_type) \
-                 DO UPDATE SET count = count + excluded.count",
-            );
-            upsert.build().execute(&mut *connection).await?;
+                 DO UPDATE SET count = {table}.count + excluded.count"
+            )
+            .expect("writing to a string");
+            let mut upsert = sqlx::query(&sql);
+            for ((tenant, minute, event_type), count) in chunk {
+                upsert =
+                    upsert.bind(tenant.to_string()).bind(*minute).bind(*event_type).bind(*count);
+            }
+            upsert.execute(&mut *connection).await?;
         }
         Ok(())
     }
@@ -117,32 +137,54 @@ pub async fn query(
     tenant: TenantId,
     query: &EventCountsQuery,
 ) -> Result<Vec<MinuteCount>> {
-    let mut sql = QueryBuilder::<Database>::new(format!(
-        "SELECT minute, event_type, count FROM {TABLE} WHERE tenant = "
-    ));
-    sql.push_bind(tenant.to_string());
-    if let Some(from) = query.from {
-        sql.push(" AND minute >= ").push_bind(ceil_seconds(from));
+    let from = query.from.map(ceil_seconds);
+    let to = query.to.map(ceil_seconds);
+    let event_type = match query.event_type.as_deref().map(TypeFilter::parse) {
+        Some(TypeFilter::Prefix(prefix)) if prefix.is_empty() => None,
+        other => other,
+    };
+    // Conditions and their parameters, numbered in the order bound below.
+    let mut sql = format!("SELECT minute, event_type, count FROM {TABLE} WHERE tenant = $1");
+    let mut parameters = 1;
+    let mut next = || {
+        parameters += 1;
+        parameters
+    };
+    if from.is_some() {
+        write!(sql, " AND minute >= ${}", next()).expect("writing to a string");
     }
-    if let Some(to) = query.to {
-        sql.push(" AND minute < ").push_bind(ceil_seconds(to));
+    if to.is_some() {
+        write!(sql, " AND minute < ${}", next()).expect("writing to a string");
     }
-    match query.event_type.as_deref().map(TypeFilter::parse) {
+    match &event_type {
         None => {}
-        Some(TypeFilter::Exact(name)) => {
-            sql.push(" AND event_type = ").push_bind(name);
+        Some(TypeFilter::Exact(_)) => {
+            write!(sql, " AND event_type = ${}", next()).expect("writing to a string");
         }
-        Some(TypeFilter::Prefix(prefix)) if prefix.is_empty() => {}
-        Some(TypeFilter::Prefix(prefix)) => {
-            sql.push(" AND substr(event_type, 1, ")
-                .push_bind(prefix.chars().count() as i64)
-                .push(") = ")
-                .push_bind(prefix);
+        Some(TypeFilter::Prefix(_)) => {
+            let (length, prefix) = (next(), next());
+            write!(sql, " AND substr(event_type, 1, ${length}) = ${prefix}")
+                .expect("writing to a string");
         }
     }
-    sql.push(" ORDER BY minute, event_type");
-    let rows = sql.build().fetch_all(views.pool()).await?;
-    rows.iter()
+    let mut select = sqlx::query(&sql).bind(tenant.to_string());
+    if let Some(from) = from {
+        select = select.bind(from);
+    }
+    if let Some(to) = to {
+        select = select.bind(to);
+    }
+    let rows = match event_type {
+        None => select.fetch_all(views.pool()).await?,
+        Some(TypeFilter::Exact(name)) => select.bind(name).fetch_all(views.pool()).await?,
+        // PostgreSQL's substr takes an `integer` length, not a `bigint`.
+        Some(TypeFilter::Prefix(prefix)) => {
+            let length = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
+            select.bind(length).bind(prefix).fetch_all(views.pool()).await?
+        }
+    };
+    let mut counts = rows
+        .iter()
         .map(|row| {
             let minute: i64 = row.try_get(0)?;
             let count: i64 = row.try_get(2)?;
@@ -155,7 +197,11 @@ pub async fn query(
                 count: count as u64,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    // Sorted here, not by SQL: PostgreSQL would order the types by its
+    // collation, SQLite by their bytes.
+    counts.sort_by(|a, b| (a.minute, &a.event_type).cmp(&(b.minute, &b.event_type)));
+    Ok(counts)
 }
 
 /// The smallest whole second at or after `instant`: a minute start (whole

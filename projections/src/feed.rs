@@ -1,39 +1,50 @@
-//! Reading the log ahead of the projection: reader tasks fetch the next
-//! batches while the current one is applied, so reading and writing use
-//! every core. Caught up, the feed waits on the log's head watch; it never
-//! sleep-polls.
+//! Reading the log ahead of the projection: one reader task per partition
+//! fetches the next batches while the current one is applied, so reading
+//! and writing use every core. Caught up, a reader waits on its
+//! partition's head watch; it never sleep-polls.
 //!
-//! Reads are issued speculatively: while catching up, up to
-//! [`PARALLEL_READS`] reads run at once, each starting where the one before
-//! it should end (`after + batch`). A read whose start turns out not to be
-//! where the previous one ended is thrown away and issued again, so the
-//! batches handed on are always consecutive, whatever the backend returns.
+//! Every batch holds events of one partition. The readers of a feed share
+//! one channel, so batches of different partitions arrive interleaved in
+//! whatever order the reads finish; within a partition they are always
+//! consecutive.
+//!
+//! Reads are issued speculatively: while catching up, a reader runs up to
+//! [`PARALLEL_READS`] reads at once (shared among the partitions of the
+//! feed), each starting where the one before it should end
+//! (`after + batch`). A read whose start turns out not to be where the
+//! previous one ended is thrown away and issued again, so the batches
+//! handed on are always consecutive, whatever the backend returns.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use spool_log::{Filter, Log, ReadBatch, StoredEvent};
+use spool_log::{Cursor, Filter, Log, ReadBatch, StoredEvent};
 use spool_schemas::Position;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::{Error, Result};
 
-/// How many batches the reader may run ahead of the projection.
+/// How many batches each partition's reader may run ahead of the projection.
 const READ_AHEAD: usize = 2;
 
-/// How many reads of the log may run at once while catching up. Decoding
-/// rows is most of a rebuild's work; the SQLite log serves reads on several
-/// connections, each on its own thread.
+/// How many reads of the log may run at once while catching up, over all
+/// partitions of a feed. Decoding rows is most of a rebuild's work; the
+/// SQLite log serves reads on several connections, each on its own thread.
 const PARALLEL_READS: usize = 3;
 
-/// Consecutive events of the log.
+/// Consecutive events of one partition of the log.
 pub(crate) struct Batch {
+    pub(crate) partition: u32,
+    /// Where the batch starts: every position of the partition up to here
+    /// was in an earlier batch (or before the feed's start).
+    pub(crate) after: Position,
     pub(crate) events: Vec<StoredEvent>,
-    /// Every position up to here is in this or an earlier batch.
+    /// Every position of the partition up to here is in this or an earlier
+    /// batch.
     pub(crate) scanned_to: Position,
-    /// The log's head when the batch was read: `scanned_to >= head` means
-    /// the reader had caught up.
+    /// The partition's head when the batch was read: `scanned_to >= head`
+    /// means the reader had caught up.
     pub(crate) head: Position,
 }
 
@@ -43,21 +54,41 @@ impl Batch {
     }
 }
 
-/// The batches after a position, as the log grows. Dropping it stops the
-/// reader task.
+/// The batches of some partitions after a cursor, as the log grows.
+/// Dropping it stops the reader tasks.
 pub(crate) struct Feed {
     batches: mpsc::Receiver<Result<Batch>>,
-    reader: JoinHandle<()>,
+    readers: Vec<JoinHandle<()>>,
 }
 
 impl Feed {
-    pub(crate) fn start(log: Arc<dyn Log>, after: Position, batch_size: usize) -> Feed {
-        let (sender, batches) = mpsc::channel(READ_AHEAD);
-        let reader = tokio::spawn(read(log, after, batch_size.max(1), sender));
-        Feed { batches, reader }
+    /// Reads each of `partitions` after its position in `from`.
+    pub(crate) fn start(
+        log: Arc<dyn Log>,
+        from: &Cursor,
+        partitions: &[u32],
+        batch_size: usize,
+    ) -> Feed {
+        let readers_count = partitions.len().max(1);
+        let (sender, batches) = mpsc::channel(READ_AHEAD * readers_count);
+        let parallel_reads = (PARALLEL_READS / readers_count).max(1);
+        let readers = partitions
+            .iter()
+            .map(|&partition| {
+                tokio::spawn(read(
+                    log.clone(),
+                    partition,
+                    from.get(partition),
+                    batch_size.max(1),
+                    parallel_reads,
+                    sender.clone(),
+                ))
+            })
+            .collect();
+        Feed { batches, readers }
     }
 
-    /// The next batch; `None` when the log was dropped.
+    /// The next batch of any partition; `None` when the log was dropped.
     pub(crate) async fn next(&mut self) -> Option<Result<Batch>> {
         self.batches.recv().await
     }
@@ -65,7 +96,9 @@ impl Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.reader.abort();
+        for reader in &self.readers {
+            reader.abort();
+        }
     }
 }
 
@@ -82,13 +115,17 @@ impl Drop for InFlight {
     }
 }
 
+/// Reads `partition` after `after` into `sender`, until the log or the
+/// receiver is dropped.
 async fn read(
     log: Arc<dyn Log>,
+    partition: u32,
     after: Position,
     batch_size: usize,
+    parallel_reads: usize,
     sender: mpsc::Sender<Result<Batch>>,
 ) {
-    let mut head_watch: watch::Receiver<Position> = log.head(0);
+    let mut head_watch: watch::Receiver<Position> = log.head(partition);
     // Where the next batch handed on must start.
     let mut expected = after;
     // Where the next read to issue starts.
@@ -96,14 +133,14 @@ async fn read(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     loop {
         let head = *head_watch.borrow_and_update();
-        while in_flight.len() < PARALLEL_READS && next_read < head {
+        while in_flight.len() < parallel_reads && next_read < head {
             let read_log = log.clone();
             let start = next_read;
             in_flight.push_back(InFlight {
                 after: start,
                 head,
                 read: tokio::spawn(async move {
-                    read_log.read(0, start, batch_size, &Filter::default()).await
+                    read_log.read(partition, start, batch_size, &Filter::default()).await
                 }),
             });
             next_read = Position((start.0 + batch_size as u64).min(head.0));
@@ -121,12 +158,16 @@ async fn read(
                 return;
             }
             Err(panic) => {
-                tracing::error!(%panic, "a log read panicked");
+                tracing::error!(%panic, partition, "a log read panicked");
                 let _ = sender.send(Err(Error::Stopped)).await;
                 return;
             }
         };
+        // The oldest read always starts at `expected`: reads that would not
+        // are dropped below before they are reached.
         let batch = Batch {
+            partition,
+            after: expected,
             scanned_to: read.scanned_to.max(oldest.after),
             events: read.events,
             head: oldest.head,

@@ -2,14 +2,16 @@
 //! keeps them current, checkpoints, and rebuilds into shadow tables.
 //!
 //! A [`Projection`] has a name, a version and tables; the [`Runner`] applies
-//! events to it in batches, committing each batch's rows and checkpoint in
-//! one transaction of the [`Views`] store. A changed version is rebuilt from
-//! position zero into new tables (`{table}_g{n}`) while the old ones serve,
+//! events to it in batches of one log partition, committing each batch's
+//! rows and that partition's checkpoint in one transaction of the [`Views`]
+//! store. A changed version is rebuilt from position zero of every
+//! partition into new tables (`{table}_g{n}`) while the old ones serve,
 //! then swapped in by repointing the `{table}` views. Typed queries of the
 //! built-in read models live in [`event_counts`] and [`auth`].
 //!
 //! **Invariant:** projections never read the clock, the network or anything
-//! but their events and tables; rebuilding from zero gives the same rows.
+//! but their events and tables; rebuilding from zero gives the same rows,
+//! whatever the interleaving of partitions (see [`Projection`] on order).
 
 mod build;
 mod error;
@@ -28,9 +30,9 @@ use std::sync::Arc;
 pub use build::{RebuildProgress, RebuildReport, rebuild};
 pub use error::{Error, Result};
 pub use projection::{Projection, Table, Tables};
-pub use runner::{Runner, RunnerHandle, RunnerOptions};
+pub use runner::{Runner, RunnerHandle, RunnerOptions, Target};
 pub use status::{ProjectionState, ProjectionStatus, status};
-pub use views::{Connection, Database, Views};
+pub use views::{Backend, Connection, Database, Location, Views};
 
 /// Every built-in projection, as the server runs them.
 pub fn builtin() -> Vec<Arc<dyn Projection>> {

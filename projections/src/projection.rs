@@ -51,6 +51,21 @@ pub(crate) fn physical_name(name: &str, generation: u64) -> String {
 /// events from position zero always yields the same rows, and a rebuild
 /// equals what the live runner built.
 ///
+/// # Order
+///
+/// The log orders events only within a partition, and a stream lives in
+/// one partition. A projection may assume that it sees each partition's
+/// events in order, so each stream's events in order (and each once); it
+/// must not assume anything about the order of events of different
+/// partitions: the runner applies batches of different partitions in
+/// whatever order they are read, and a rebuild may interleave them
+/// differently from the live run. So what one event does to the rows must
+/// not depend on having seen an event of another stream first, unless both
+/// streams are bound to one partition by the log's rule (which a
+/// projection cannot rely on), or the effects commute: counts and sums
+/// commute; "insert, then update the row inserted" holds only within one
+/// stream.
+///
 /// Changing what a projection writes (its tables or its fold) means bumping
 /// [`Projection::version`]; the runner then rebuilds it from position zero
 /// in new tables while the old ones keep serving, and swaps.
@@ -65,12 +80,12 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection writes, created empty for each generation.
     fn tables(&self) -> &'static [Table];
 
-    /// Applies `events` (consecutive, in log order) to the tables of
-    /// `tables`, inside the transaction that `connection` holds. The runner
-    /// commits the checkpoint in the same transaction, so each event takes
-    /// effect exactly once.
+    /// Applies `events` (consecutive events of one partition, in order) to
+    /// the tables of `tables`, inside the transaction that `connection`
+    /// holds. The runner commits that partition's checkpoint in the same
+    /// transaction, so each event takes effect exactly once.
     ///
-    /// An event that cannot be applied is an error naming its position
+    /// An event that cannot be applied is an error naming it
     /// ([`crate::Error::apply`]); it is never skipped.
     async fn apply(
         &self,

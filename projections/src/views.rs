@@ -1,40 +1,109 @@
-//! The read-model store: one SQLite file (`views.db` beside the log) in WAL
-//! mode, holding every projection's tables and the registry of their
-//! generations and checkpoints.
+//! The read-model store: one SQLite file (`views.db` beside the log, in WAL
+//! mode) or a PostgreSQL database, holding every projection's tables and
+//! the registry of their generations and checkpoints.
 //!
-//! Kept apart from the log's file so that read-model writes never block
-//! appends. PostgreSQL comes later through the same code: the SQL here and
-//! in the projections is kept portable (`INSERT … ON CONFLICT … DO UPDATE`,
-//! `substr`, views), and only this module names the database.
+//! Both go through sqlx's `Any` driver, so every statement of this crate
+//! and of the projections is one SQL text that both databases run: numbered
+//! parameters (`$1`; sqlx's SQLite driver binds `$N` by its number), types
+//! both know (`TEXT`, `BIGINT`), `INSERT … ON CONFLICT … DO UPDATE`, views.
+//! This module is the only one that tells the two apart: how to connect,
+//! how a write transaction begins, and (in `registry`) the migration of
+//! SQLite files older than partitions. Typed queries sort their rows in
+//! Rust where the order matters, since PostgreSQL compares text by the
+//! database's collation and SQLite by bytes.
+//!
+//! The SQLite file is kept apart from the log's, so read-model writes never
+//! block appends.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{SqlitePool, Transaction};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Connection as _, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::{Result, registry};
+use crate::{Error, Result, registry};
 
-/// The database the read models live in.
-pub type Database = sqlx::Sqlite;
+/// The database the read models live in, as projections see it: either
+/// store, through sqlx's `Any` driver.
+pub type Database = sqlx::Any;
 
 /// The connection a projection writes through, inside a transaction.
 pub type Connection = <Database as sqlx::Database>::Connection;
 
+/// Which database holds the read models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the read models live: a SQLite file, or a PostgreSQL URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    /// A `postgres://` (or `postgresql://`) URL, as libpq takes it; its
+    /// `options` parameter may set the `search_path`.
+    Postgres(String),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL, or else a SQLite file's path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres(text.to_owned())
+        } else {
+            Location::Sqlite(PathBuf::from(text))
+        }
+    }
+}
+
+impl From<&str> for Location {
+    fn from(text: &str) -> Location {
+        Location::parse(text)
+    }
+}
+
+impl From<String> for Location {
+    fn from(text: String) -> Location {
+        Location::parse(&text)
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Location {
+        Location::Sqlite(path)
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Location {
+        Location::Sqlite(path.to_owned())
+    }
+}
+
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Location {
+        Location::Sqlite(path.clone())
+    }
+}
+
 /// The read-model store. Cheap to clone: clones share one pool.
 #[derive(Clone)]
 pub struct Views {
-    pool: SqlitePool,
-    /// SQLite has one writer at a time; writers of this process take turns
-    /// here rather than in SQLite's busy handler, which sleeps.
+    pool: AnyPool,
+    backend: Backend,
+    /// Writers of this process take turns here: SQLite has one writer at a
+    /// time, and waiting here beats SQLite's busy handler, which sleeps.
+    /// PostgreSQL would not need it; one writer per process keeps the two
+    /// stores alike (writes of one runner are sequential anyway).
     writer: Arc<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Views {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Views").finish_non_exhaustive()
+        f.debug_struct("Views").field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 
@@ -55,25 +124,59 @@ impl Write {
     }
 }
 
+/// Per connection to a SQLite store. Read models can be rebuilt from the
+/// log, so losing the last commits to a power cut is acceptable; a killed
+/// process loses nothing in WAL mode with `synchronous=NORMAL`.
+const SQLITE_PRAGMAS: [&str; 4] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA cache_size = -65536",
+];
+
 impl Views {
-    /// Opens (creating if missing) the store at `path`, creates the registry
-    /// and installs an empty generation of every built-in projection not yet
+    /// Opens the store at `location` (a SQLite path, created if missing, or
+    /// a `postgres://` URL of an existing database), creates the registry
+    /// (migrating a SQLite file written before the log had partitions) and
+    /// installs an empty generation of every built-in projection not yet
     /// installed, so that typed queries work before anything is built.
     ///
-    /// A file left by a killed process opens cleanly: SQLite recovers its WAL.
-    pub async fn open(path: impl AsRef<Path>) -> Result<Views> {
-        let options = SqliteConnectOptions::new()
-            .filename(path.as_ref())
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // Read models can be rebuilt from the log, so losing the last
-            // commits to a power cut is acceptable; a killed process loses
-            // nothing in WAL mode with `NORMAL`.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("cache_size", "-65536");
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        let views = Views { pool, writer: Arc::new(Mutex::new(())) };
+    /// A SQLite file left by a killed process opens cleanly: SQLite
+    /// recovers its WAL.
+    pub async fn open(location: impl Into<Location>) -> Result<Views> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = match location.into() {
+            Location::Sqlite(path) => {
+                // Through a URL, which is all the `Any` driver takes; an
+                // absolute path, so that it cannot read as a host name.
+                let path = std::path::absolute(&path).map_err(|error| {
+                    Error::Invalid(format!("cannot resolve {}: {error}", path.display()))
+                })?;
+                let options = SqliteConnectOptions::new().filename(path).create_if_missing(true);
+                (options.to_url_lossy().to_string(), Backend::Sqlite)
+            }
+            Location::Postgres(url) => (url, Backend::Postgres),
+        };
+        let options: AnyConnectOptions = url.parse()?;
+        // One connection first: a pool would retry an unreachable server
+        // until it timed out and report only that, not why.
+        sqlx::AnyConnection::connect_with(&options).await?.close().await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        for pragma in SQLITE_PRAGMAS {
+                            connection.execute(pragma).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let views = Views { pool, backend, writer: Arc::new(Mutex::new(())) };
         registry::create(&views).await?;
         for projection in crate::builtin() {
             registry::install(&views, projection.as_ref()).await?;
@@ -83,15 +186,29 @@ impl Views {
 
     /// The pool, for analysts' SQL and for queries this crate has no typed
     /// form of yet. Write nothing through it.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// Begins a write transaction. `BEGIN IMMEDIATE` takes SQLite's write
-    /// lock up front, so a transaction never fails half-way for want of it.
+    /// Which database holds the read models.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool's connections, waiting for them to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a write transaction. On SQLite, `BEGIN IMMEDIATE` takes the
+    /// write lock up front, so a transaction never fails half-way for want
+    /// of it.
     pub(crate) async fn write(&self) -> Result<Write> {
         let turn = self.writer.clone().lock_owned().await;
-        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let transaction = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(Write { transaction, _turn: turn })
     }
 }

@@ -54,4 +54,13 @@ async fn health_and_readiness_report_the_projections() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"auth") && names.contains(&"event_counts"), "{names:?}");
+    // Checkpoint and head are cursors, as text: one position per partition
+    // of the log, joined by dots; the harness's SQLite log has one.
+    for projection in ready.json["projections"].as_array().unwrap() {
+        for field in ["checkpoint", "head"] {
+            let cursor = projection[field].as_str().unwrap_or_default();
+            assert!(cursor.parse::<u64>().is_ok(), "{field}: {projection}");
+        }
+        assert!(projection["lag"].is_u64(), "{projection}");
+    }
 }

@@ -1,8 +1,9 @@
-//! `GET /v1/events/stream`: live SSE delivery, resuming, and how a stream
-//! ends.
+//! `GET /v1/events/stream`: live SSE delivery, resuming (on one partition
+//! and on several), and how a stream ends.
 
 mod support;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,7 +11,8 @@ use axum::http::{Request, StatusCode, header};
 use chrono::Utc;
 use serde_json::{Value, json};
 use spool_api::ApiOptions;
-use spool_schemas::Scope;
+use spool_log::Cursor;
+use spool_schemas::{Position, Scope};
 use tower::ServiceExt;
 
 use support::*;
@@ -119,4 +121,124 @@ async fn an_unrenderable_event_ends_the_stream_with_an_error_naming_its_position
         problem["detail"].as_str().unwrap().contains(&format!("position {bad_position}")),
         "{problem}"
     );
+}
+
+/// A stream request with an optional `Last-Event-ID`.
+fn resume_request(key: &Key, uri: &str, last_event_id: Option<&str>) -> Request<Body> {
+    let mut request =
+        Request::builder().uri(uri).header(header::AUTHORIZATION, format!("Bearer {}", key.secret));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+/// Checks that each message's id is the cursor of the one before with the
+/// message's event's partition moved to its position (the first against
+/// `start`, when known), and returns where each event is stored.
+fn check_ids(messages: &[SseMessage], mut start: Option<Cursor>) -> Vec<Stored> {
+    let mut stored = Vec::new();
+    for message in messages {
+        assert_eq!(message.event.as_deref(), Some("spread.made"), "{message:?}");
+        let event = Stored::of(&message.json());
+        let id = message.id.as_deref().expect("every event has an id");
+        let cursor: Cursor = id.parse().unwrap_or_else(|error| panic!("{id}: {error}"));
+        assert_eq!(cursor.partitions(), 4, "{id}");
+        assert_eq!(cursor.get(event.partition as u32), Position(event.position), "{id}");
+        if let Some(mut previous) = start.take() {
+            previous.set(event.partition as u32, Position(event.position));
+            assert_eq!(cursor, previous, "only the event's partition moves: {id}");
+        }
+        start = Some(cursor);
+        stored.push(event);
+    }
+    stored
+}
+
+#[tokio::test]
+async fn an_sse_stream_of_a_partitioned_log_resumes_from_last_event_id_with_exactly_the_unseen_events()
+ {
+    let h = partitioned_harness(4).await;
+    let key = h.tenant(&[Scope::EventsRead, Scope::EventsWrite]).await;
+    let uri = "/v1/events/stream?type=spread.*";
+    let response = h.app.clone().oneshot(resume_request(&key, uri, None)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let mut sent = post_spread(&h, &key, 0, 40).await;
+
+    // Disconnect partway: some of every partition's events are not sent yet.
+    let text = read_sse(&mut body, |text| sse_messages(text).len() >= 15).await;
+    drop(body);
+    let first = sse_messages(&text);
+    assert!(first.len() < sent.len(), "the client left before the end: {}", first.len());
+    let mut seen = check_ids(&first, None);
+    let last_event_id = first.last().unwrap().id.clone().unwrap();
+
+    // More arrive while the client is away; it resumes from its last id.
+    sent.extend(post_spread(&h, &key, 40, 20).await);
+    let response =
+        h.app.clone().oneshot(resume_request(&key, uri, Some(&last_event_id))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let unseen = sent.len() - seen.len();
+    let text = read_sse(&mut body, |text| sse_messages(text).len() >= unseen).await;
+    let resumed = sse_messages(&text);
+    seen.extend(check_ids(&resumed, Some(last_event_id.parse().unwrap())));
+
+    // Nothing else is coming: the next event after a marker is the marker.
+    let marker = post_spread(&h, &key, 60, 1).await;
+    let more =
+        read_sse(&mut body, |more| sse_messages(&(text.clone() + more)).len() > resumed.len())
+            .await;
+    let text = text + &more;
+    let after_marker = sse_messages(&text);
+    assert_eq!(after_marker.len(), resumed.len() + 1, "no event twice: {text}");
+    assert_eq!(Stored::of(&after_marker.last().unwrap().json()), marker[0]);
+
+    let unique: HashSet<&Stored> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no event delivered twice");
+    assert_eq!(unique, sent.iter().collect::<HashSet<_>>(), "every event delivered");
+    for partition in 0..4 {
+        let positions: Vec<u64> = seen
+            .iter()
+            .filter(|stored| stored.partition == partition)
+            .map(|stored| stored.position)
+            .collect();
+        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "{partition}: {positions:?}");
+    }
+
+    // `after` takes a cursor too: from the start, everything again.
+    let response = h
+        .app
+        .clone()
+        .oneshot(resume_request(&key, &format!("{uri}&after=0.0.0.0"), None))
+        .await
+        .unwrap();
+    let mut body = response.into_body().into_data_stream();
+    let text = read_sse(&mut body, |text| sse_messages(text).len() > sent.len()).await;
+    let replayed = check_ids(&sse_messages(&text), Some(Cursor::start(4)));
+    assert_eq!(replayed.len(), sent.len() + 1);
+}
+
+#[tokio::test]
+async fn bad_stream_cursors_are_a_400_naming_what_is_wrong() {
+    let h = partitioned_harness(4).await;
+    let key = h.tenant(&[Scope::EventsRead]).await;
+    for (query, last_event_id, source) in [
+        ("after=7", None, "after: "),
+        ("after=1.2.3.x", None, "after: "),
+        ("", Some("7"), "Last-Event-ID: "),
+        ("", Some("1.2.3.4.5"), "Last-Event-ID: "),
+        ("", Some("not a cursor"), "Last-Event-ID: "),
+        // A bad `after` is reported even when `Last-Event-ID` overrides it.
+        ("after=x", Some("1.2.3.4"), "after: "),
+    ] {
+        let uri = format!("/v1/events/stream?{query}");
+        let response = h.send(resume_request(&key, &uri, last_event_id)).await;
+        let what = format!("{query} / {last_event_id:?}");
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{what}: {}", response.json);
+        assert_eq!(response.problem_type(), "https://spool.dev/problems/invalid-query", "{what}");
+        let detail = response.json["detail"].as_str().unwrap();
+        assert!(detail.starts_with(source), "{what}: {detail}");
+    }
 }

@@ -10,7 +10,7 @@ use spool_api::keys::GeneratedKey;
 use spool_log::{Append, Filter, Log, StoredEvent, TypeFilter};
 use spool_schemas::{Event, KeyCreated, KeyId, KeyRevoked, Payload, Scope, StreamName, TenantId};
 
-use crate::datadir::DataDir;
+use crate::config::Config;
 
 #[derive(Subcommand)]
 pub(crate) enum AdminCommand {
@@ -56,8 +56,8 @@ pub(crate) enum KeyCommand {
     Revoke { key_id: KeyId },
 }
 
-pub(crate) async fn run(data_dir: &DataDir, command: AdminCommand) -> anyhow::Result<()> {
-    let log = data_dir.open_log_writer().await?;
+pub(crate) async fn run(config: &Config, command: AdminCommand) -> anyhow::Result<()> {
+    let log = config.open_log(false).await?;
     let result = match command {
         AdminCommand::Tenant(TenantCommand::Create { name, json }) => {
             let created = commands::new_tenant(&name, "admin");

@@ -3,6 +3,7 @@
 //! backends and wires the components together.
 
 mod admin;
+mod config;
 mod datadir;
 mod events;
 mod projections;
@@ -12,8 +13,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::datadir::DataDir;
-
 #[derive(Parser)]
 #[command(
     name = "spool",
@@ -21,10 +20,8 @@ use crate::datadir::DataDir;
     about = "Spool: an event-sourced workflow and integration engine"
 )]
 struct Cli {
-    /// The data directory: `log.db` (the event log), `views.db` (the read
-    /// models) and `spool.lock` (held by a running server).
-    #[arg(long, global = true, env = "SPOOL_DATA_DIR", default_value = "./spool-data")]
-    data_dir: std::path::PathBuf,
+    #[command(flatten)]
+    config: config::ConfigArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -64,12 +61,14 @@ async fn main() -> ExitCode {
         )
         .init();
 
-    let data_dir = DataDir::new(cli.data_dir);
-    let result = match cli.command {
-        Command::Serve(args) => serve::run(&data_dir, args).await,
-        Command::Events(command) => events::run(&data_dir, command).await,
-        Command::Projections(command) => projections::run(&data_dir, command).await,
-        Command::Admin(command) => admin::run(&data_dir, command).await,
+    let result = match cli.config.resolve() {
+        Ok(config) => match cli.command {
+            Command::Serve(args) => serve::run(&config, args).await,
+            Command::Events(command) => events::run(&config, command).await,
+            Command::Projections(command) => projections::run(&config, command).await,
+            Command::Admin(command) => admin::run(&config, command).await,
+        },
+        Err(error) => Err(error),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

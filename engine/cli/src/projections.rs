@@ -6,13 +6,15 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use spool_log::Log;
-use spool_projections::{ProjectionState, Views};
+use spool_projections::ProjectionState;
 
-use crate::datadir::DataDir;
+use crate::config::Config;
 
 #[derive(Subcommand)]
 pub(crate) enum ProjectionsCommand {
     /// Name, version, checkpoint, head, lag and state of every projection.
+    /// Checkpoint and head are cursors: one position per partition of the
+    /// log, joined by dots (`120.0.37`); lag is summed over partitions.
     Status {
         #[arg(long)]
         json: bool,
@@ -25,18 +27,16 @@ pub(crate) enum ProjectionsCommand {
     },
 }
 
-pub(crate) async fn run(data_dir: &DataDir, command: ProjectionsCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(config: &Config, command: ProjectionsCommand) -> anyhow::Result<()> {
     match command {
-        ProjectionsCommand::Status { json } => status(data_dir, json).await,
-        ProjectionsCommand::Rebuild { name } => rebuild(data_dir, name).await,
+        ProjectionsCommand::Status { json } => status(config, json).await,
+        ProjectionsCommand::Rebuild { name } => rebuild(config, name).await,
     }
 }
 
-async fn status(data_dir: &DataDir, json: bool) -> anyhow::Result<()> {
-    let log = data_dir.open_log_read_only().await?;
-    let views = Views::open(data_dir.views_path())
-        .await
-        .with_context(|| format!("cannot open {}", data_dir.views_path().display()))?;
+async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let log = config.open_log(true).await?;
+    let views = config.open_views().await?;
     let statuses = spool_projections::status(&views, &*log).await?;
     if json {
         for status in &statuses {
@@ -46,8 +46,8 @@ async fn status(data_dir: &DataDir, json: bool) -> anyhow::Result<()> {
                 serde_json::json!({
                     "name": status.name,
                     "version": status.version,
-                    "checkpoint": status.checkpoint.0,
-                    "head": status.head.0,
+                    "checkpoint": status.checkpoint.to_string(),
+                    "head": status.head.to_string(),
                     "lag": status.lag,
                     "state": state,
                     "error": error,
@@ -65,9 +65,14 @@ async fn status(data_dir: &DataDir, json: bool) -> anyhow::Result<()> {
                 Some(error) => format!("{state}: {error}"),
                 None => state.to_owned(),
             };
+            // Cursors as strings: `Cursor`'s Display ignores the widths.
             println!(
                 "{:<20}  {:>7}  {:>10}  {:>10}  {:>10}  {state}",
-                status.name, status.version, status.checkpoint, status.head, status.lag
+                status.name,
+                status.version,
+                status.checkpoint.to_string(),
+                status.head.to_string(),
+                status.lag
             );
         }
     }
@@ -83,9 +88,12 @@ fn state_text(state: &ProjectionState) -> (&'static str, Option<&str>) {
     }
 }
 
-async fn rebuild(data_dir: &DataDir, name: Option<String>) -> anyhow::Result<()> {
+async fn rebuild(config: &Config, name: Option<String>) -> anyhow::Result<()> {
     // A server's runner writes the same registry rows: never both at once.
-    let _lock = data_dir.lock().context("cannot rebuild while the data directory is in use")?;
+    // (With shared read models, a runner elsewhere is fenced by the
+    // checkpoints instead: the loser of a race fails and retries.)
+    let _lock =
+        config.data_dir.lock().context("cannot rebuild while the data directory is in use")?;
     let projections = match &name {
         Some(name) => match spool_projections::find(name) {
             Some(projection) => vec![projection],
@@ -99,21 +107,21 @@ async fn rebuild(data_dir: &DataDir, name: Option<String>) -> anyhow::Result<()>
         },
         None => spool_projections::builtin(),
     };
-    let log = data_dir.open_log_read_only().await?;
-    let views = Views::open(data_dir.views_path())
-        .await
-        .with_context(|| format!("cannot open {}", data_dir.views_path().display()))?;
-    let head = *log.head(0).borrow();
+    let log = config.open_log(true).await?;
+    let views = config.open_views().await?;
+    // Progress counts events over every partition: positions are gap-free
+    // from 1 in each, so a cursor's positions add up to the events before it.
+    let head: u64 = (0..log.partitions()).map(|partition| log.head(partition).borrow().0).sum();
     let style =
         ProgressStyle::with_template("{prefix:>16} [{bar:40}] {pos}/{len} ({per_sec}, {eta})")?
             .progress_chars("=> ");
     for projection in projections {
-        let bar = ProgressBar::new(head.0).with_style(style.clone()).with_prefix(projection.name());
+        let bar = ProgressBar::new(head).with_style(style.clone()).with_prefix(projection.name());
         let progress_bar = bar.clone();
         let log: Arc<dyn Log> = log.clone();
         let report = spool_projections::rebuild(log, &views, projection.clone(), move |progress| {
-            progress_bar.set_length(progress.head.0);
-            progress_bar.set_position(progress.applied.0);
+            progress_bar.set_length(progress.head_events());
+            progress_bar.set_position(progress.applied_events());
         })
         .await
         .with_context(|| format!("rebuilding {} failed", projection.name()))?;

@@ -11,7 +11,6 @@
 //! drains its pending appends. Every step runs even when an earlier one
 //! failed.
 
-use spool_log::Cursor;
 use std::future::IntoFuture;
 use std::io::Write;
 use std::sync::Arc;
@@ -22,22 +21,25 @@ use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spool_api::commands;
 use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions};
-use spool_log::{Append, Filter, Log, SqliteOptions, TypeFilter};
+use spool_log::{Append, Cursor, Filter, Log, SqliteOptions, TypeFilter};
 use spool_projections::{Runner, RunnerHandle, RunnerOptions, Views};
 use spool_schemas::{Payload, TenantCreated};
 use tokio::sync::watch;
 
+use crate::config::{Config, DEFAULT_LISTEN, LogTarget};
 use crate::datadir::DataDir;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
     /// The address to listen on; port 0 picks a free port (printed as
-    /// `listening on <addr>`).
-    #[arg(long, env = "SPOOL_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: String,
+    /// `listening on <addr>`). [default: 127.0.0.1:8080]
+    #[arg(long, env = "SPOOL_LISTEN")]
+    listen: Option<String>,
 }
 
-pub(crate) async fn run(data_dir: &DataDir, args: ServeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
+    let data_dir = &config.data_dir;
+    let listen = args.listen.or(config.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     data_dir.create()?;
     let _lock = data_dir.lock()?;
 
@@ -56,14 +58,21 @@ pub(crate) async fn run(data_dir: &DataDir, args: ServeArgs) -> anyhow::Result<(
             }
         })
     };
-    let log: Arc<dyn Log> = Arc::new(
-        spool_log::SqliteLog::open(data_dir.log_path(), SqliteOptions::default())
-            .await
-            .with_context(|| format!("cannot open {}", data_dir.log_path().display()))?,
-    );
-    let views = Views::open(data_dir.views_path())
-        .await
-        .with_context(|| format!("cannot open {}", data_dir.views_path().display()))?;
+    let log: Arc<dyn Log> = match &config.log {
+        LogTarget::Sqlite => Arc::new(
+            spool_log::SqliteLog::open(data_dir.log_path(), SqliteOptions::default())
+                .await
+                .with_context(|| format!("cannot open {}", data_dir.log_path().display()))?,
+        ),
+        LogTarget::Kafka(_) => config.open_log(false).await?,
+    };
+    let views = match config.open_views().await {
+        Ok(views) => views,
+        Err(error) => {
+            let _ = log.close().await;
+            return Err(error);
+        }
+    };
 
     let (stop_runner, runner_stopped) = watch::channel(false);
     let runner = Runner::new(
@@ -77,7 +86,7 @@ pub(crate) async fn run(data_dir: &DataDir, args: ServeArgs) -> anyhow::Result<(
 
     // From here on the log is open and the runner runs: whatever fails,
     // `stop` below still closes them.
-    let started = start(data_dir, &args, &log, &views, &runner_handle, metrics).await;
+    let started = start(data_dir, &listen, &log, &views, &runner_handle, metrics).await;
     let served = match started {
         Ok(started) => serve(started).await,
         Err(error) => Err(error),
@@ -110,7 +119,7 @@ struct Started {
 /// binds the listener.
 async fn start(
     data_dir: &DataDir,
-    args: &ServeArgs,
+    listen: &str,
     log: &Arc<dyn Log>,
     views: &Views,
     runner: &RunnerHandle,
@@ -131,11 +140,16 @@ async fn start(
         usize::MAX,
     )
     .await?;
-    let mut auth_position = *log.head(0).borrow();
+    // Where the auth projection must be before serving: every partition's
+    // head, and past the bootstrap tenant's events when they are appended.
+    let mut auth_target = Cursor::heads(&**log);
     if existing.events.is_empty() {
         let created = commands::new_tenant("default", "bootstrap admin");
         let appended = log.append(Append::new(created.events)).await?;
-        auth_position = appended.last().map_or(auth_position, |appended| appended.position);
+        for appended in &appended {
+            let partition = appended.partition;
+            auth_target.set(partition, auth_target.get(partition).max(appended.position));
+        }
         println!("bootstrap tenant: {}", created.tenant);
         // The id names the key to `spool admin key revoke` later.
         println!("admin key id: {}", created.key.key_id);
@@ -147,7 +161,7 @@ async fn start(
     // others catch up, rebuild or fail while the server runs; `/readyz`
     // says where they stand.
     if let Err(error) =
-        runner.wait_for_projection(spool_projections::auth::NAME, auth_position).await
+        runner.wait_for_projection(spool_projections::auth::NAME, &auth_target).await
     {
         // Serving still answers `/healthz`, `/readyz` and `/metrics`; every
         // authenticated request gets `503` until the projection is fixed.
@@ -166,9 +180,9 @@ async fn start(
         options: ApiOptions::default(),
     };
     let signal = ShutdownSignal::install()?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     println!("listening on {address}");
     std::io::stdout().flush()?;

@@ -334,12 +334,33 @@ async fn events_commands_read_the_log_beside_a_server_and_after_a_kill() {
     assert!(table.starts_with("  POSITION"), "{table}");
     assert_eq!(table.lines().count(), 3, "a header and two rows: {table}");
 
-    for target in [id.clone(), position.to_string()] {
+    for target in [id.clone(), position.to_string(), format!("0:{position}")] {
         let shown = stdout(&spool(dir.path(), &["events", "show", &target, "--json"]).await);
         let shown: Value = serde_json::from_str(shown.trim()).unwrap();
         assert_eq!(shown["id"], id.as_str());
         assert_eq!(shown["data"], 1);
     }
+    let refused = spool(dir.path(), &["events", "show", &format!("1:{position}")]).await;
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("there is no partition 1"), "{error}");
+
+    // `--after` takes a cursor: on SQLite's one partition, a position.
+    let listed = spool(dir.path(), &["events", "list", "--json", "--limit", "1"]).await;
+    let first: Value = serde_json::from_str(stdout(&listed).trim()).unwrap();
+    let hint = String::from_utf8_lossy(&listed.stderr);
+    let next = hint
+        .lines()
+        .find_map(|line| line.strip_prefix("more events follow: pass --after "))
+        .unwrap_or_else(|| panic!("no hint to read on: {hint}"));
+    assert_eq!(next, first["position"].to_string(), "{hint}");
+    let page = stdout(&spool(dir.path(), &["events", "list", "--json", "--after", next]).await);
+    let page: Vec<Value> = page.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(page[0]["position"], first["position"].as_u64().unwrap() + 1, "{page:?}");
+    let refused = spool(dir.path(), &["events", "list", "--after", "3.4"]).await;
+    assert!(!refused.status.success());
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(error.contains("--after: ") && error.contains("partition"), "{error}");
 
     // `tail` follows what is appended after it started.
     let mut tail = Command::new(SPOOL)
@@ -468,4 +489,39 @@ async fn revoking_a_key_twice_stores_one_revocation() {
     assert_eq!(revocations.lines().count(), 1, "{revocations}");
     server.signal("-TERM");
     assert!(server.wait().await.success());
+}
+
+/// A broker or database that cannot be reached at start is named in a clear
+/// error, and the server exits non-zero instead of serving half a setup.
+#[tokio::test]
+async fn serve_names_an_unreachable_broker_or_database_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = spool(
+        dir.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--log", "kafka://127.0.0.1:1/events"],
+    )
+    .await;
+    assert!(!broker.status.success());
+    let said = String::from_utf8_lossy(&broker.stderr);
+    assert!(said.contains("Kafka") && said.contains("127.0.0.1:1"), "{said}");
+
+    let database = spool(
+        dir.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--views",
+            "postgres://spool:secret@127.0.0.1:1/spool",
+        ],
+    )
+    .await;
+    assert!(!database.status.success());
+    let said = String::from_utf8_lossy(&database.stderr);
+    assert!(said.contains("read models") && said.contains("127.0.0.1:1"), "{said}");
+    assert!(!said.contains("secret"), "the password leaked: {said}");
+
+    let typo = spool(dir.path(), &["serve", "--log", "kafak://x:1"]).await;
+    assert!(!typo.status.success());
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("expected `sqlite` or `kafka://"));
 }

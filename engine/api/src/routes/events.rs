@@ -19,14 +19,12 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use spool_log::{Append, NewEvent};
-use spool_schemas::{
-    AppEvent, AppEventType, Event, EventId, Position, Scope, StreamName, TenantId,
-};
+use spool_log::{Append, Cursor, NewEvent};
+use spool_schemas::{AppEvent, AppEventType, Event, EventId, Scope, StreamName, TenantId};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
-use crate::routes::{EventView, event_filter, is_app_event, query};
+use crate::routes::{EventView, cursor, event_filter, is_app_event, query};
 use crate::{AppState, Caller, DEFAULT_PAGE, MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_PAGE};
 
 /// How many reads one page may take before it answers with what it has
@@ -105,6 +103,10 @@ pub struct IngestResponse {
 pub struct IngestedEvent {
     #[schema(value_type = String)]
     pub id: EventId,
+    /// The log partition the event's stream lives in (0 on a one-partition
+    /// log).
+    pub partition: u32,
+    /// The event's position within its partition.
     pub position: u64,
     pub stream: String,
     pub stream_version: u64,
@@ -229,6 +231,7 @@ pub(crate) async fn ingest(
         };
         events.push(IngestedEvent {
             id: appended.id,
+            partition: appended.partition,
             position: appended.position.0,
             stream,
             stream_version: appended.stream_version,
@@ -419,8 +422,12 @@ pub struct ListQuery {
     pub types: Option<String>,
     /// Only events of this stream (subject).
     pub stream: Option<String>,
-    /// Start after this position (the `next` of the previous page).
-    pub after: Option<u64>,
+    /// Start after this cursor: the `next` of the previous page. A cursor
+    /// holds one position per log partition, joined by dots (`120.0.37`);
+    /// on a one-partition log it is a plain position (`120`). From the
+    /// start of the log by default.
+    #[param(example = "120")]
+    pub after: Option<String>,
     /// 1 to 1,000; 100 by default.
     pub limit: Option<usize>,
 }
@@ -428,13 +435,20 @@ pub struct ListQuery {
 #[derive(Serialize, ToSchema)]
 pub struct EventPage {
     pub events: Vec<EventView>,
-    /// Pass as `after` to read on (also to poll for newer events).
-    pub next: u64,
+    /// The cursor after this page: pass it as `after` to read on (also to
+    /// poll for newer events). Opaque to clients; a string even on a
+    /// one-partition log, where it reads as a position (`"120"`).
+    #[schema(example = "120")]
+    pub next: String,
     /// Whether more events may follow `next` already.
     pub has_more: bool,
 }
 
 /// The tenant's app events, oldest first.
+///
+/// Each log partition's events come in their order; partitions are
+/// interleaved by recording time. Page with `next`: every event is on
+/// exactly one page.
 #[utoipa::path(
     get,
     path = "/v1/events",
@@ -442,7 +456,7 @@ pub struct EventPage {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of events", body = EventPage),
-        (status = 400, description = "Invalid query", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid query, such as a malformed `after` cursor or one for another number of partitions", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
     ),
@@ -464,9 +478,11 @@ pub(crate) async fn list(
     }
     let filter =
         event_filter(caller.tenant, list_query.types.as_deref(), list_query.stream.as_deref())?;
-    let page =
-        read_page(&state, caller.tenant, filter, Position(list_query.after.unwrap_or(0)), limit)
-            .await?;
+    let after = match &list_query.after {
+        Some(text) => cursor(text, &*state.log, "after")?,
+        None => Cursor::start(state.log.partitions()),
+    };
+    let page = read_page(&state, caller.tenant, filter, &after, limit).await?;
     Ok(Json(page))
 }
 
@@ -474,13 +490,13 @@ async fn read_page(
     state: &AppState,
     tenant: TenantId,
     filter: spool_log::Filter,
-    after: Position,
+    after: &Cursor,
     limit: usize,
 ) -> Result<EventPage, Problem> {
     debug_assert_eq!(filter.tenant, Some(tenant));
     let page = spool_log::read_page_where(
         &*state.log,
-        &single_partition(after),
+        after,
         limit,
         &filter,
         MAX_READS_PER_PAGE,
@@ -488,12 +504,5 @@ async fn read_page(
     )
     .await?;
     let events = page.events.into_iter().map(EventView::from_stored).collect::<Result<_, _>>()?;
-    Ok(EventPage { events, next: page.next.get(0).0, has_more: page.more })
-}
-
-/// The cursor of a one-partition log at `position`.
-pub(crate) fn single_partition(position: Position) -> spool_log::Cursor {
-    let mut cursor = spool_log::Cursor::start(1);
-    cursor.set(0, position);
-    cursor
+    Ok(EventPage { events, next: page.next.to_string(), has_more: page.more })
 }

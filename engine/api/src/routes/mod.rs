@@ -1,5 +1,6 @@
 //! The handlers, one module per resource, and what they share: the event
-//! view of the wire format, filter parsing, and query-string errors.
+//! view of the wire format, filter and cursor parsing, and query-string
+//! errors.
 
 pub mod events;
 pub mod ops;
@@ -10,7 +11,7 @@ use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use spool_log::{Filter, StoredEvent, TypeFilter};
+use spool_log::{Cursor, Filter, Log, StoredEvent, TypeFilter};
 use spool_schemas::{AppEventType, EventId, StreamName, TenantId};
 use utoipa::ToSchema;
 
@@ -21,6 +22,10 @@ use crate::problem::{Problem, ProblemKind};
 pub struct EventView {
     #[schema(value_type = String, example = "evt_01932c5a7e4c7d2a9a1f3b4c5d6e7f80")]
     pub id: EventId,
+    /// The log partition the event's stream lives in (0 on a one-partition
+    /// log). Order and positions are per partition.
+    pub partition: u32,
+    /// The event's position within its partition, from 1 and gap-free.
     pub position: u64,
     #[serde(rename = "type")]
     #[schema(example = "order.created")]
@@ -44,12 +49,13 @@ impl EventView {
     pub(crate) fn from_stored(event: StoredEvent) -> Result<EventView, Problem> {
         let data = serde_json::from_str(&event.data).map_err(|error| {
             Problem::internal(&format!(
-                "stored event at {} has malformed data: {error}",
-                event.position
+                "stored event at position {} of partition {} has malformed data: {error}",
+                event.position, event.partition
             ))
         })?;
         Ok(EventView {
             id: event.id,
+            partition: event.partition,
             position: event.position.0,
             event_type: event.type_name,
             stream: event.stream.as_str().to_owned(),
@@ -73,6 +79,19 @@ pub(crate) fn query<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, Pro
     query
         .map(|Query(query)| query)
         .map_err(|rejection| Problem::new(ProblemKind::INVALID_QUERY, rejection.body_text()))
+}
+
+/// `text` as a cursor of the log (one position per partition, `"120"` on a
+/// one-partition log, `"120.0.37"` on three), or a `400` naming `source`
+/// (the parameter or header it came from) and what is wrong with it.
+pub(crate) fn cursor(text: &str, log: &dyn Log, source: &str) -> Result<Cursor, Problem> {
+    Cursor::parse_for(text.trim(), log).map_err(|error| {
+        let reason = match error {
+            spool_log::Error::Invalid(reason) => reason,
+            other => other.to_string(),
+        };
+        Problem::new(ProblemKind::INVALID_QUERY, format!("{source}: {reason}"))
+    })
 }
 
 /// The filter of the event routes: the caller's tenant, an optional stream,

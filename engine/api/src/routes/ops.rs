@@ -34,8 +34,14 @@ pub struct Readiness {
 pub struct ProjectionView {
     pub name: String,
     pub version: u32,
-    pub checkpoint: u64,
-    pub head: u64,
+    /// Where the projection is in each partition of the log: positions
+    /// joined by dots (`120.0.37`; one partition: `120`).
+    #[schema(example = "120.0.37")]
+    pub checkpoint: String,
+    /// The log's head in each partition, written as `checkpoint` is.
+    #[schema(example = "120.3.37")]
+    pub head: String,
+    /// Events not yet applied, summed over partitions.
     pub lag: u64,
     /// `live`, `building` or `failed`. Why a projection failed is in the
     /// server's log and `spool projections status`, not here: this route
@@ -67,8 +73,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             ProjectionView {
                 name: status.name,
                 version: status.version,
-                checkpoint: status.checkpoint.0,
-                head: status.head.0,
+                checkpoint: status.checkpoint.to_string(),
+                head: status.head.to_string(),
                 lag: status.lag,
                 state,
             }

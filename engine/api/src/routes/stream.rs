@@ -1,7 +1,14 @@
 //! `GET /v1/events/stream`: the tenant's app events as Server-Sent Events,
-//! live. Each SSE event carries `id: <position>`, `event: <type>` and the
+//! live. Each SSE event carries `id: <cursor>`, `event: <type>` and the
 //! event as JSON; a client that reconnects with `Last-Event-ID` resumes
 //! right after the last event it saw.
+//!
+//! The log is partitioned and each partition has its own positions, so an
+//! SSE id is a [`Cursor`]: one position per partition, the stream's start
+//! cursor with the partition of every event delivered so far set to that
+//! event's position. Resuming from it delivers exactly the events not yet
+//! seen, whichever partitions they are in. On a one-partition log the id is
+//! the event's position.
 //!
 //! The stream ends when the server stops, when the key expires, or within
 //! [`crate::ApiOptions::sse_key_recheck`] (2 s) of the key being revoked.
@@ -9,7 +16,6 @@
 //! one `event: error` whose data is a problem document naming the position;
 //! no event is ever skipped silently.
 
-use super::events::single_partition;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -20,12 +26,12 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use chrono::Utc;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use spool_log::StoredEvent;
-use spool_schemas::{Position, Scope};
+use spool_log::{Cursor, StoredEvent};
+use spool_schemas::Scope;
 use utoipa::IntoParams;
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
-use crate::routes::{EventView, event_filter, is_app_event, query};
+use crate::routes::{EventView, cursor, event_filter, is_app_event, query};
 use crate::{AppState, Caller, auth};
 
 #[derive(Deserialize, IntoParams)]
@@ -38,9 +44,12 @@ pub struct StreamQuery {
     pub types: Option<String>,
     /// Only events of this stream (subject).
     pub stream: Option<String>,
-    /// Start after this position; without it (and without
-    /// `Last-Event-ID`) the stream starts at the current end of the log.
-    pub after: Option<u64>,
+    /// Start after this cursor: an SSE event's `id`, or a page's `next`
+    /// (`120.0.37`, one position per log partition; `120` on a
+    /// one-partition log). Without it (and without `Last-Event-ID`) the
+    /// stream starts at the current end of the log.
+    #[param(example = "120")]
+    pub after: Option<String>,
 }
 
 /// Follow the tenant's app events live.
@@ -50,11 +59,11 @@ pub struct StreamQuery {
     tag = "events",
     params(
         StreamQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this position; overrides `after`"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor: the `id` of the last SSE event received; overrides `after`"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `id: <position>`, `event: <type>`, `data: <event JSON>`; keep-alive comments while idle. Ends when the key is revoked (within 2 s) or expires; a failure ends it with `event: error` and a problem document as data", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Invalid query or Last-Event-ID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 200, description = "`text/event-stream`: `id: <cursor>` (where to resume after this event), `event: <type>`, `data: <event JSON>`; keep-alive comments while idle. Ends when the key is revoked (within 2 s) or expires; a failure ends it with `event: error` and a problem document as data", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Invalid query, or a malformed `after` or `Last-Event-ID` cursor (or one for another number of partitions)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
     ),
@@ -68,25 +77,28 @@ pub(crate) async fn stream(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
     caller.require(Scope::EventsRead)?;
     let stream_query = query(stream_query)?;
+    let log = &*state.log;
+    // Both are checked, though `Last-Event-ID` wins: a malformed `after`
+    // is a client bug worth reporting even on a reconnect.
+    let after = match &stream_query.after {
+        Some(text) => Some(cursor(text, log, "after")?),
+        None => None,
+    };
     let last_event_id = match headers.get("last-event-id") {
         None => None,
         Some(value) => {
-            Some(value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok()).ok_or_else(
-                || {
-                    Problem::new(
-                        ProblemKind::INVALID_QUERY,
-                        "Last-Event-ID must be an event position (a number)",
-                    )
-                },
-            )?)
+            let text = value.to_str().map_err(|_| {
+                Problem::new(
+                    ProblemKind::INVALID_QUERY,
+                    "Last-Event-ID: a cursor is positions separated by dots, such as \"120\"",
+                )
+            })?;
+            Some(cursor(text, log, "Last-Event-ID")?)
         }
     };
     let filter =
         event_filter(caller.tenant, stream_query.types.as_deref(), stream_query.stream.as_deref())?;
-    let after = match last_event_id.or(stream_query.after) {
-        Some(position) => Position(position),
-        None => *state.log.head(0).borrow(),
-    };
+    let after = last_event_id.or(after).unwrap_or_else(|| Cursor::heads(log));
 
     let mut shutdown = state.shutdown.clone();
     let server_stopping = async move {
@@ -95,7 +107,7 @@ pub(crate) async fn stream(
     };
     let key_invalid = key_invalid(state.clone(), caller);
     let ended = futures::future::select(Box::pin(server_stopping), Box::pin(key_invalid));
-    let events = spool_log::tail(state.log.clone(), single_partition(after), filter)
+    let events = spool_log::tail(state.log.clone(), after.clone(), filter)
         .take_until(ended)
         .filter(|event| {
             futures::future::ready(match event {
@@ -103,39 +115,38 @@ pub(crate) async fn stream(
                 Err(_) => true,
             })
         })
-        // The state is the last position delivered, `None` once an error
-        // was sent: the stream ends then rather than skip an event.
+        // The state is the cursor of the events delivered so far, `None`
+        // once an error was sent: the stream ends then rather than skip an
+        // event.
         .scan(Some(after), |delivered, event| {
-            let Some(last) = *delivered else {
+            let Some(last) = delivered.take() else {
                 return futures::future::ready(None);
             };
             let sse = match event {
                 Ok(event) => {
-                    let position = event.position;
-                    match render(event) {
+                    let (partition, position) = (event.partition, event.position);
+                    let mut next = last;
+                    next.set(partition, position);
+                    match render(event, &next) {
                         Ok(sse) => {
-                            *delivered = Some(position);
+                            *delivered = Some(next);
                             sse
                         }
-                        Err(problem) => {
-                            *delivered = None;
-                            error_event(&Problem::new(
-                                problem.kind,
-                                format!(
-                                    "the event at position {position} cannot be shown; \
-                                     the stream ends before it"
-                                ),
-                            ))
-                        }
+                        Err(problem) => error_event(&Problem::new(
+                            problem.kind,
+                            format!(
+                                "the event at position {position} of partition {partition} \
+                                 cannot be shown; the stream ends before it"
+                            ),
+                        )),
                     }
                 }
                 Err(error) => {
-                    *delivered = None;
                     tracing::error!(%error, after = %last, "event stream failed");
                     error_event(&Problem::new(
                         ProblemKind::INTERNAL,
                         format!(
-                            "reading the log after position {last} failed; reconnect with \
+                            "reading the log after cursor {last} failed; reconnect with \
                              Last-Event-ID: {last} to resume"
                         ),
                     ))
@@ -146,14 +157,17 @@ pub(crate) async fn stream(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.options.sse_keep_alive)))
 }
 
-/// One event as an SSE event: `id: <position>`, `event: <type>`, the view.
-fn render(event: StoredEvent) -> Result<SseEvent, Problem> {
-    let position = event.position;
+/// One event as an SSE event: `id: <cursor>` (`after`, the cursor once
+/// this event is delivered), `event: <type>`, the view.
+fn render(event: StoredEvent, after: &Cursor) -> Result<SseEvent, Problem> {
+    let (partition, position) = (event.partition, event.position);
     let event_type = event.type_name.clone();
     let view = EventView::from_stored(event)?;
-    SseEvent::default().id(position.to_string()).event(event_type).json_data(view).map_err(
-        |error| Problem::internal(&format!("event at {position} cannot be rendered: {error}")),
-    )
+    SseEvent::default().id(after.to_string()).event(event_type).json_data(view).map_err(|error| {
+        Problem::internal(&format!(
+            "event at position {position} of partition {partition} cannot be rendered: {error}"
+        ))
+    })
 }
 
 /// `event: error` with a problem document, the stream's last message.

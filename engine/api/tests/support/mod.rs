@@ -1,7 +1,7 @@
 //! Shared by the API tests: the router over an in-memory log, real views
 //! in a temp dir and a running projection runner, driven one request at a
-//! time through `tower::ServiceExt::oneshot`; plus a faulty log and SSE
-//! readers.
+//! time through `tower::ServiceExt::oneshot`; plus a partitioned variant, a
+//! faulty log and SSE readers.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -28,7 +28,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Harness {
     pub app: Router,
+    /// The log the projections follow, where tenants and keys are appended.
     pub log: Arc<dyn Log>,
+    /// The log the API reads and appends to: `log` itself, or what
+    /// [`harness_with`]'s `app_log` made of it.
+    pub api_log: Arc<dyn Log>,
     pub runner: RunnerHandle,
     stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
@@ -58,6 +62,17 @@ pub async fn harness() -> Harness {
     harness_with(ApiOptions::default(), |log| log).await
 }
 
+/// A harness whose API serves a [`MemoryLog`] of `partitions` partitions
+/// (`api_log`): app events and `api.call` records go there and are listed
+/// and streamed from there.
+///
+/// Tenants and keys stay on the one-partition log the projections follow
+/// (`log`), so that auth works whichever partitions the projections read;
+/// these tests are about how the API reads a partitioned log.
+pub async fn partitioned_harness(partitions: u32) -> Harness {
+    harness_with(ApiOptions::default(), |_| Arc::new(MemoryLog::with_partitions(partitions))).await
+}
+
 /// A harness whose API (and recorder) use `app_log(log)`, while the
 /// projections follow the log itself.
 pub async fn harness_with(
@@ -66,7 +81,7 @@ pub async fn harness_with(
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let log: Arc<dyn Log> = Arc::new(MemoryLog::new());
-    let api_log = app_log(log.clone());
+    let app_log = app_log(log.clone());
     let views = Views::open(dir.path().join("views.db")).await.unwrap();
     let (stop, stopped) = watch::channel(false);
     let runner = Runner::new(
@@ -80,9 +95,9 @@ pub async fn harness_with(
     tokio::spawn(runner.run(async move {
         let _ = runner_stopped.wait_for(|stopped| *stopped).await;
     }));
-    let recorder = Recorder::new(api_log.clone(), RecorderOptions::default());
+    let recorder = Recorder::new(app_log.clone(), RecorderOptions::default());
     let state = AppState {
-        log: api_log,
+        log: app_log.clone(),
         views,
         runner: runner_handle.clone(),
         recorder: recorder.handle(),
@@ -94,7 +109,14 @@ pub async fn harness_with(
     tokio::spawn(recorder.run(async move {
         let _ = recorder_stopped.wait_for(|stopped| *stopped).await;
     }));
-    Harness { app: spool_api::router(state), log, runner: runner_handle, stop, _dir: dir }
+    Harness {
+        app: spool_api::router(state),
+        log,
+        api_log: app_log,
+        runner: runner_handle,
+        stop,
+        _dir: dir,
+    }
 }
 
 impl Drop for Harness {
@@ -239,6 +261,47 @@ impl Harness {
     }
 }
 
+/// Where an event is stored, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stored {
+    pub id: String,
+    pub partition: u64,
+    pub position: u64,
+}
+
+impl Stored {
+    /// From an event of a response: an ingest answer's or an event view.
+    pub fn of(event: &Value) -> Stored {
+        Stored {
+            id: event["id"].as_str().unwrap_or_else(|| panic!("no id: {event}")).to_owned(),
+            partition: event["partition"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no partition: {event}")),
+            position: event["position"].as_u64().unwrap_or_else(|| panic!("no position: {event}")),
+        }
+    }
+}
+
+/// Posts `n` app events of type `spread.made` whose data counts from
+/// `first`, over 13 subjects (so over every partition of a small log), in
+/// batches of up to 9; returns where each was stored, in the order sent.
+pub async fn post_spread(h: &Harness, key: &Key, first: u64, n: u64) -> Vec<Stored> {
+    let mut stored = Vec::new();
+    let numbers: Vec<u64> = (first..first + n).collect();
+    for batch in numbers.chunks(9) {
+        let events: Vec<Value> = batch
+            .iter()
+            .map(|n| {
+                serde_json::json!({"type": "spread.made", "subject": format!("spread/{}", n % 13), "data": n})
+            })
+            .collect();
+        let response = h.post_json(key, serde_json::json!({ "events": events })).await;
+        assert_eq!(response.status, StatusCode::CREATED, "{}", response.json);
+        stored.extend(response.json["events"].as_array().unwrap().iter().map(Stored::of));
+    }
+    stored
+}
+
 pub fn stored_ids(response: &Response) -> Vec<String> {
     response.json["events"]
         .as_array()
@@ -341,6 +404,50 @@ pub fn stream_request(key: &Key, uri: &str) -> Request<Body> {
         .header(header::AUTHORIZATION, format!("Bearer {}", key.secret))
         .body(Body::empty())
         .unwrap()
+}
+
+/// One message of an SSE stream: its `id`, `event` and `data` fields.
+#[derive(Clone, Debug, Default)]
+pub struct SseMessage {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+}
+
+impl SseMessage {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|error| panic!("{error}: {self:?}"))
+    }
+}
+
+/// The complete messages of SSE `text` (each ended by a blank line), in
+/// order; keep-alive comments and an unfinished last message are left out,
+/// as a client would.
+pub fn sse_messages(text: &str) -> Vec<SseMessage> {
+    let Some(complete) = text.rfind("\n\n") else {
+        return Vec::new();
+    };
+    let mut messages = Vec::new();
+    for block in text[..complete].split("\n\n") {
+        let mut message = SseMessage::default();
+        let mut data_lines = Vec::new();
+        for line in block.lines() {
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match name {
+                "id" => message.id = Some(value.to_owned()),
+                "event" => message.event = Some(value.to_owned()),
+                "data" => data_lines.push(value),
+                // A comment (`: keep-alive`) or a field not used here.
+                _ => {}
+            }
+        }
+        message.data = data_lines.join("\n");
+        if message.id.is_some() || message.event.is_some() || !data_lines.is_empty() {
+            messages.push(message);
+        }
+    }
+    messages
 }
 
 /// Reads SSE text until the server ends the stream, failing after `within`.

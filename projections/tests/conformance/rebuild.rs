@@ -1,16 +1,14 @@
 //! Rebuilds: into shadow tables while the old ones serve, swapped in one
 //! transaction, equal to what the live runner builds.
 
-mod support;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::support::*;
 use spool_log::StoredEvent;
 use spool_projections::event_counts::EventCounts;
 use spool_projections::{Connection, Projection, Result, Table, Tables};
 use spool_schemas::{Position, TenantId};
-use support::*;
 use tokio::sync::{Notify, Semaphore};
 
 /// `event_counts` that, once armed, pauses in its next `apply` until let go.
@@ -51,10 +49,9 @@ impl Projection for Paused {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_tables_serve_while_a_rebuild_fills_shadow_tables_then_swap() {
+pub(crate) async fn old_tables_serve_while_a_rebuild_fills_shadow_tables_then_swap(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenant = TenantId::new();
     let start = at("2026-03-01T10:00:00Z");
     append(log.as_ref(), traffic(&[tenant], 90, start)).await;
@@ -89,9 +86,10 @@ async fn old_tables_serve_while_a_rebuild_fills_shadow_tables_then_swap() {
     assert_eq!(report.events, 150);
     let last = progress.last().expect("progress reported");
     assert_eq!(
-        (last.name.as_str(), last.applied, last.head),
-        ("event_counts", Position(150), Position(150))
+        (last.name.as_str(), last.applied.to_string(), last.head.to_string()),
+        ("event_counts", "150".to_owned(), "150".to_owned())
     );
+    assert_eq!((last.applied_events(), last.head_events()), (150, 150));
 
     let new = counts(&store.views, tenant).await;
     assert_eq!(new.iter().map(|c| c.count).sum::<u64>(), 150);
@@ -101,7 +99,7 @@ async fn old_tables_serve_while_a_rebuild_fills_shadow_tables_then_swap() {
     );
 
     // The same log folded by the live runner gives the same rows.
-    let live = temp_views().await;
+    let live = kind.open().await;
     let running = Running::start(log.clone(), &live.views, vec![Arc::new(EventCounts)], 16);
     running.handle.wait_for(Position(150)).await.expect("caught up");
     running.stop().await.expect("stop");
@@ -139,17 +137,16 @@ impl Projection for Flaky {
         events: &[StoredEvent],
     ) -> Result<()> {
         if let Some(event) = events.iter().find(|e| Some(e.position) == self.fail_at) {
-            return Err(spool_projections::Error::apply("event_counts", event.position, "flaky"));
+            return Err(spool_projections::Error::apply("event_counts", event, "flaky"));
         }
         self.first_seen.lock().expect("lock").get_or_insert(events[0].position);
         EventCounts.apply(connection, tables, events).await
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_build_resumes_from_its_own_checkpoint() {
+pub(crate) async fn an_interrupted_build_resumes_from_its_own_checkpoint(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenant = TenantId::new();
     let head = append(log.as_ref(), traffic(&[tenant], 100, at("2026-03-01T10:00:00Z"))).await;
 
@@ -161,13 +158,20 @@ async fn an_interrupted_build_resumes_from_its_own_checkpoint() {
     );
     failing.handle.wait_for(head).await.expect_err("fails mid-build");
     failing.stop().await.expect_err("reports the failure");
-    let (building, build_checkpoint): (Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT build_generation, build_checkpoint FROM spool_projections WHERE name = 'event_counts'",
+    let building: Option<i64> = sqlx::query_scalar(
+        "SELECT build_generation FROM spool_projections WHERE name = 'event_counts'",
     )
     .fetch_one(store.views.pool())
     .await
     .expect("registry");
-    assert_eq!((building, build_checkpoint), (Some(1), Some(30)));
+    let build_checkpoint: i64 = sqlx::query_scalar(
+        "SELECT position FROM spool_projection_checkpoints \
+         WHERE projection = 'event_counts' AND generation = 1 AND log_partition = 0",
+    )
+    .fetch_one(store.views.pool())
+    .await
+    .expect("build checkpoint");
+    assert_eq!((building, build_checkpoint), (Some(1), 30));
     assert!(counts(&store.views, tenant).await.is_empty(), "nothing swapped in yet");
 
     let healthy = Arc::new(Flaky::new(None));
@@ -179,10 +183,9 @@ async fn an_interrupted_build_resumes_from_its_own_checkpoint() {
     assert_eq!(total, 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebuilding_an_empty_log_swaps_in_empty_tables() {
+pub(crate) async fn rebuilding_an_empty_log_swaps_in_empty_tables(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let report = spool_projections::rebuild(log, &store.views, Arc::new(EventCounts), |_| {})
         .await
         .expect("rebuild");

@@ -1,16 +1,14 @@
 //! The built-in read models and their typed queries: event counts per
 //! minute with filters, and the auth state.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use chrono::Duration;
 use spool_projections::auth::{self, KeyRecord, TenantRecord};
 use spool_projections::event_counts::{self, EventCountsQuery, MinuteCount};
 use spool_projections::{Error, Views};
 use spool_schemas::{KeyId, Position, Scope, TenantId};
-use support::*;
 
 async fn rebuild_all(log: Arc<dyn spool_log::Log>, views: &Views) {
     for projection in spool_projections::builtin() {
@@ -22,10 +20,11 @@ fn row(minute: &str, event_type: &str, count: u64) -> MinuteCount {
     MinuteCount { minute: at(minute), event_type: event_type.into(), count }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_counts_are_per_tenant_type_and_minute_and_filter_by_time_and_type() {
+pub(crate) async fn event_counts_are_per_tenant_type_and_minute_and_filter_by_time_and_type(
+    kind: Kind,
+) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let (acme, globex) = (TenantId::new(), TenantId::new());
     append(
         log.as_ref(),
@@ -102,18 +101,16 @@ async fn event_counts_are_per_tenant_type_and_minute_and_filter_by_time_and_type
     assert!(run(query(None, None, Some("order")), acme).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_queries_answer_before_anything_is_built() {
-    let store = temp_views().await;
+pub(crate) async fn typed_queries_answer_before_anything_is_built(kind: Kind) {
+    let store = kind.open().await;
     assert!(counts(&store.views, TenantId::new()).await.is_empty());
     assert_eq!(auth::tenants(&store.views).await.expect("tenants"), []);
     assert_eq!(auth::key_by_secret_hash(&store.views, "ab").await.expect("key"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_auth_model_folds_tenants_keys_and_revocations() {
+pub(crate) async fn the_auth_model_folds_tenants_keys_and_revocations(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let (acme, globex) = (TenantId::new(), TenantId::new());
     let (admin_key, ci_key) = (KeyId::new(), KeyId::new());
     let t0 = at("2026-03-01T10:00:00.000001Z");

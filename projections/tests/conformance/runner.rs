@@ -1,17 +1,15 @@
 //! The runner: order, checkpoints committed with the rows, restarts,
 //! version bumps that rebuild in shadow tables, and failures that stop.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use spool_log::{SqliteLog, SqliteOptions, StoredEvent};
 use spool_projections::event_counts::{EventCounts, MinuteCount};
 use spool_projections::{
     Connection, Error, Projection, ProjectionState, Result, Table, Tables, Views,
 };
 use spool_schemas::{Position, TenantId};
-use support::*;
 
 /// `event_counts` under another version, to play a code change.
 struct EventCountsVersion(u32);
@@ -42,7 +40,7 @@ struct Poison;
 
 static POISON_TABLES: [Table; 1] = [Table {
     name: "poison_seen",
-    create: &["CREATE TABLE {table} (position INTEGER PRIMARY KEY)"],
+    create: &["CREATE TABLE {table} (position BIGINT PRIMARY KEY)"],
 }];
 
 #[async_trait::async_trait]
@@ -64,10 +62,10 @@ impl Projection for Poison {
     ) -> Result<()> {
         for event in events {
             if event.type_name == "poison.pill" {
-                return Err(Error::apply("poison", event.position, "cannot digest it"));
+                return Err(Error::apply("poison", event, "cannot digest it"));
             }
             sqlx::query(&format!(
-                "INSERT INTO {} (position) VALUES (?)",
+                "INSERT INTO {} (position) VALUES ($1)",
                 tables.get("poison_seen")
             ))
             .bind(event.position.0 as i64)
@@ -78,26 +76,41 @@ impl Projection for Poison {
     }
 }
 
-async fn rebuilt_counts(log: Arc<dyn spool_log::Log>, tenant: TenantId) -> Vec<MinuteCount> {
-    let fresh = temp_views().await;
+async fn rebuilt_counts(
+    kind: Kind,
+    log: Arc<dyn spool_log::Log>,
+    tenant: TenantId,
+) -> Vec<MinuteCount> {
+    let fresh = kind.open().await;
     spool_projections::rebuild(log, &fresh.views, Arc::new(EventCounts), |_| {})
         .await
         .expect("rebuild");
     counts(&fresh.views, tenant).await
 }
 
+/// The serving version, generation, and checkpoint of partition 0.
 async fn registry_row(views: &Views, name: &str) -> (i64, i64, i64) {
-    sqlx::query_as("SELECT version, generation, checkpoint FROM spool_projections WHERE name = ?")
-        .bind(name)
-        .fetch_one(views.pool())
-        .await
-        .expect("registry row")
+    let (version, generation): (i64, i64) =
+        sqlx::query_as("SELECT version, generation FROM spool_projections WHERE name = $1")
+            .bind(name)
+            .fetch_one(views.pool())
+            .await
+            .expect("registry row");
+    let checkpoint: Option<i64> = sqlx::query_scalar(
+        "SELECT position FROM spool_projection_checkpoints \
+         WHERE projection = $1 AND generation = $2 AND log_partition = 0",
+    )
+    .bind(name)
+    .bind(generation)
+    .fetch_optional(views.pool())
+    .await
+    .expect("checkpoint row");
+    (version, generation, checkpoint.unwrap_or(0))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_runner_neither_skips_nor_double_counts() {
+pub(crate) async fn a_restarted_runner_neither_skips_nor_double_counts(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenants = [TenantId::new(), TenantId::new()];
     let start = at("2026-03-01T10:00:00Z");
 
@@ -116,43 +129,42 @@ async fn a_restarted_runner_neither_skips_nor_double_counts() {
     running.stop().await.expect("clean stop");
 
     assert_eq!(status[0].state, ProjectionState::Live);
-    assert_eq!((status[0].checkpoint, status[0].lag), (Position(1_000), 0));
+    assert_eq!((status[0].checkpoint.to_string(), status[0].lag), ("1000".to_owned(), 0));
     for tenant in tenants {
         let live = counts(&store.views, tenant).await;
         assert_eq!(live.iter().map(|c| c.count).sum::<u64>(), 500);
-        assert_eq!(live, rebuilt_counts(log.clone(), tenant).await);
+        assert_eq!(live, rebuilt_counts(kind, log.clone(), tenant).await);
     }
     assert_eq!(registry_row(&store.views, "event_counts").await.2, 1_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_runner_follows_a_sqlite_log_as_it_grows() {
+pub(crate) async fn the_runner_follows_a_sqlite_log_as_it_grows(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log: Arc<dyn spool_log::Log> = Arc::new(
         SqliteLog::open(dir.path().join("log.db"), SqliteOptions::default())
             .await
             .expect("open log"),
     );
-    let views = Views::open(dir.path().join("views.db")).await.expect("views");
+    let store = kind.open().await;
+    let views = &store.views;
     let tenant = TenantId::new();
-    let running = Running::start(log.clone(), &views, spool_projections::builtin(), 100);
+    let running = Running::start(log.clone(), views, spool_projections::builtin(), 100);
     let mut last = Position::ZERO;
     for round in 0..5 {
         let start = at("2026-03-01T10:00:00Z") + chrono::Duration::minutes(round);
         last = append(log.as_ref(), traffic(&[tenant], 150, start)).await;
         running.handle.wait_for(last).await.expect("caught up");
     }
-    assert!(running.handle.status().iter().all(|s| s.checkpoint == last));
+    assert!(running.handle.status().iter().all(|s| s.checkpoint.get(0) == last));
     running.stop().await.expect("clean stop");
-    let total: u64 = counts(&views, tenant).await.iter().map(|c| c.count).sum();
+    let total: u64 = counts(views, tenant).await.iter().map(|c| c.count).sum();
     assert_eq!(total, 750);
-    assert_eq!(counts(&views, tenant).await, rebuilt_counts(log, tenant).await);
+    assert_eq!(counts(views, tenant).await, rebuilt_counts(kind, log, tenant).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_bump_rebuilds_in_shadow_tables_and_swaps_on_start() {
+pub(crate) async fn a_version_bump_rebuilds_in_shadow_tables_and_swaps_on_start(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenant = TenantId::new();
     let head = append(log.as_ref(), traffic(&[tenant], 400, at("2026-03-01T10:00:00Z"))).await;
 
@@ -180,10 +192,9 @@ async fn a_version_bump_rebuilds_in_shadow_tables_and_swaps_on_start() {
     assert_eq!(ours, [&format!("event_counts_g{new_generation}")], "old generation dropped");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_projection_stops_at_the_event_and_names_its_position() {
+pub(crate) async fn a_failing_projection_stops_at_the_event_and_names_its_position(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenant = TenantId::new();
     let start = at("2026-03-01T10:00:00Z");
     append(log.as_ref(), traffic(&[tenant], 10, start)).await;
@@ -212,7 +223,7 @@ async fn a_failing_projection_stops_at_the_event_and_names_its_position() {
     assert!(matches!(&poison.state, ProjectionState::Failed(m) if m.contains("position 11")));
     // The batch holding the pill was not committed, and nothing after it.
     // It failed during its first build, so its shadow tables never served.
-    assert_eq!(poison.checkpoint, Position(8));
+    assert_eq!(poison.checkpoint.to_string(), "8");
     let shadow: Vec<i64> = sqlx::query_scalar("SELECT position FROM poison_seen_g1 ORDER BY 1")
         .fetch_all(store.views.pool())
         .await
@@ -226,7 +237,7 @@ async fn a_failing_projection_stops_at_the_event_and_names_its_position() {
     // The other projection is not held back.
     let counts_status = status.iter().find(|s| s.name == "event_counts").expect("status");
     assert_eq!(counts_status.state, ProjectionState::Live);
-    assert_eq!(counts_status.checkpoint, head);
+    assert_eq!(counts_status.checkpoint.get(0), head);
 
     // The stored failure is visible without a runner.
     let stored: Option<String> =
@@ -237,10 +248,9 @@ async fn a_failing_projection_stops_at_the_event_and_names_its_position() {
     assert!(stored.is_some_and(|m| m.contains("position 11")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stored_status_reports_lag_without_a_runner() {
+pub(crate) async fn stored_status_reports_lag_without_a_runner(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenant = TenantId::new();
     let before = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
     assert!(before.iter().all(|s| s.state == ProjectionState::Building && s.version == 0));
@@ -257,35 +267,30 @@ async fn stored_status_reports_lag_without_a_runner() {
     assert_eq!(names, ["event_counts", "auth"]);
     for status in after {
         assert_eq!(status.state, ProjectionState::Live);
-        assert_eq!((status.version, status.checkpoint, status.lag), (1, built, 12));
+        assert_eq!((status.version, status.checkpoint.get(0), status.lag), (1, built, 12));
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn views_reopen_with_their_checkpoints() {
+pub(crate) async fn views_reopen_with_their_checkpoints(kind: Kind) {
     let log = memory_log();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = kind.open().await;
     let tenant = TenantId::new();
     let head = append(log.as_ref(), traffic(&[tenant], 20, at("2026-03-01T10:00:00Z"))).await;
-    {
-        let views = Views::open(dir.path().join("views.db")).await.expect("open");
-        let running = Running::start(log.clone(), &views, spool_projections::builtin(), 7);
-        running.handle.wait_for(head).await.expect("caught up");
-        running.stop().await.expect("stop");
-    }
-    let views = Views::open(dir.path().join("views.db")).await.expect("reopen");
-    let status = spool_projections::status(&views, log.as_ref()).await.expect("status");
-    assert!(status.iter().all(|s| s.checkpoint == head && s.state == ProjectionState::Live));
-    assert_eq!(counts(&views, tenant).await.iter().map(|c| c.count).sum::<u64>(), 20);
+    let running = Running::start(log.clone(), &store.views, spool_projections::builtin(), 7);
+    running.handle.wait_for(head).await.expect("caught up");
+    running.stop().await.expect("stop");
+    store.reopen().await;
+    let status = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
+    assert!(status.iter().all(|s| s.checkpoint.get(0) == head && s.state == ProjectionState::Live));
+    assert_eq!(counts(&store.views, tenant).await.iter().map(|c| c.count).sum::<u64>(), 20);
 }
 
 /// The feed reads ahead on the guess that each read ends `batch` events
 /// later; the in-memory log examines at most 10,000 positions per read, so
 /// a larger batch breaks the guess and the reads must be issued again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_larger_than_the_logs_read_window_stay_consecutive() {
+pub(crate) async fn batches_larger_than_the_logs_read_window_stay_consecutive(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenants = [TenantId::new(), TenantId::new()];
     let head = append(log.as_ref(), traffic(&tenants, 30_000, at("2026-03-01T10:00:00Z"))).await;
     let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 12_000);
@@ -294,17 +299,16 @@ async fn batches_larger_than_the_logs_read_window_stay_consecutive() {
     for tenant in tenants {
         let live = counts(&store.views, tenant).await;
         assert_eq!(live.iter().map(|c| c.count).sum::<u64>(), 15_000);
-        assert_eq!(live, rebuilt_counts(log.clone(), tenant).await);
+        assert_eq!(live, rebuilt_counts(kind, log.clone(), tenant).await);
     }
 }
 
 /// Regression: an interrupted `spool projections rebuild` left a build of
 /// the serving version in the registry; the runner ignored it and status
 /// showed the projection as building forever. The runner now drops it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_interrupted_rebuild_of_the_serving_version_is_dropped_on_start() {
+pub(crate) async fn an_interrupted_rebuild_of_the_serving_version_is_dropped_on_start(kind: Kind) {
     let log = memory_log();
-    let store = temp_views().await;
+    let store = kind.open().await;
     let tenant = TenantId::new();
     let head = append(log.as_ref(), traffic(&[tenant], 20, at("2026-03-01T10:00:00Z"))).await;
     let running = Running::start(log.clone(), &store.views, vec![Arc::new(EventCounts)], 7);
@@ -316,21 +320,29 @@ async fn an_interrupted_rebuild_of_the_serving_version_is_dropped_on_start() {
     // version and its registered shadow table.
     let stale = generation + 1;
     sqlx::query(
-        "UPDATE spool_projections SET build_version = ?, build_generation = ?, \
-         build_checkpoint = 5 WHERE name = 'event_counts'",
+        "UPDATE spool_projections SET build_version = $1, build_generation = $2 \
+         WHERE name = 'event_counts'",
     )
     .bind(version)
     .bind(stale)
     .execute(store.views.pool())
     .await
     .expect("registry");
+    sqlx::query(
+        "INSERT INTO spool_projection_checkpoints (projection, generation, log_partition, position) \
+         VALUES ('event_counts', $1, 0, 5)",
+    )
+    .bind(stale)
+    .execute(store.views.pool())
+    .await
+    .expect("build checkpoint");
     sqlx::query(&format!("CREATE TABLE event_counts_g{stale} (x INTEGER)"))
         .execute(store.views.pool())
         .await
         .expect("shadow table");
     sqlx::query(
         "INSERT INTO spool_projection_tables (projection, generation, name) \
-         VALUES ('event_counts', ?, 'event_counts')",
+         VALUES ('event_counts', $1, 'event_counts')",
     )
     .bind(stale)
     .execute(store.views.pool())
@@ -345,7 +357,7 @@ async fn an_interrupted_rebuild_of_the_serving_version_is_dropped_on_start() {
     running.stop().await.expect("stop");
 
     let after = spool_projections::status(&store.views, log.as_ref()).await.expect("status");
-    assert_eq!((&after[0].state, after[0].checkpoint), (&ProjectionState::Live, head));
+    assert_eq!((&after[0].state, after[0].checkpoint.get(0)), (&ProjectionState::Live, head));
     assert_eq!(registry_row(&store.views, "event_counts").await, (version, generation, 20));
     let tables = physical_tables(&store.views).await;
     let ours: Vec<_> = tables.iter().filter(|t| t.starts_with("event_counts")).collect();
