@@ -30,7 +30,7 @@ use std::sync::Arc;
 pub use build::{RebuildProgress, RebuildReport, rebuild};
 pub use error::{Error, Result};
 pub use projection::{Projection, Table, Tables};
-pub use runner::{Runner, RunnerHandle, RunnerOptions, Target};
+pub use runner::{CurrentRunner, Runner, RunnerHandle, RunnerOptions, Target};
 pub use status::{ProjectionState, ProjectionStatus, status};
 pub use views::{Backend, Connection, Database, Location, Views};
 

@@ -383,6 +383,28 @@ impl Clone for HandleEntry {
     }
 }
 
+/// The runner serving now. One instance of a scale-out deployment starts a
+/// new [`Runner`] whenever the partitions it owns change; readers of its
+/// progress follow whichever runs.
+#[derive(Clone)]
+pub struct CurrentRunner(watch::Receiver<RunnerHandle>);
+
+impl CurrentRunner {
+    /// Always `handle`: the one runner of a process that owns every partition.
+    pub fn fixed(handle: RunnerHandle) -> CurrentRunner {
+        CurrentRunner(watch::channel(handle).1)
+    }
+
+    /// Whichever handle `handles` holds now.
+    pub fn following(handles: watch::Receiver<RunnerHandle>) -> CurrentRunner {
+        CurrentRunner(handles)
+    }
+
+    pub fn get(&self) -> RunnerHandle {
+        self.0.borrow().clone()
+    }
+}
+
 /// A cheap-to-clone view of a [`Runner`]'s progress.
 #[derive(Clone)]
 pub struct RunnerHandle {

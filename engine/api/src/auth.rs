@@ -116,7 +116,7 @@ pub(crate) async fn recheck(state: &AppState, caller: &Caller) -> Result<(), Pro
 /// since would never reach it, so no key can be trusted.
 fn auth_available(state: &AppState) -> Result<(), Problem> {
     if let Some(ProjectionState::Failed(message)) =
-        state.runner.state(spool_projections::auth::NAME)
+        state.runner.get().state(spool_projections::auth::NAME)
     {
         tracing::warn!(%message, "refusing a request: the auth projection has failed");
         return Err(Problem::new(

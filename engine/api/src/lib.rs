@@ -27,7 +27,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use spool_log::Log;
-use spool_projections::{RunnerHandle, Views};
+use spool_projections::{CurrentRunner, Views};
 use tokio::sync::watch;
 
 pub use auth::Caller;
@@ -69,7 +69,7 @@ pub struct AppState {
     pub log: Arc<dyn Log>,
     pub views: Views,
     /// The running projections, for `/readyz`.
-    pub runner: RunnerHandle,
+    pub runner: CurrentRunner,
     /// Where `api.call` records go.
     pub recorder: RecorderHandle,
     /// Renders `/metrics`; `None` answers `/metrics` with an empty page.

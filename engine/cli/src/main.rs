@@ -6,6 +6,7 @@ mod admin;
 mod config;
 mod datadir;
 mod events;
+mod lease;
 mod projections;
 mod serve;
 

@@ -11,23 +11,25 @@
 //! drains its pending appends. Every step runs even when an earlier one
 //! failed.
 
+use std::collections::BTreeSet;
 use std::future::IntoFuture;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spool_api::commands;
 use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions};
-use spool_log::{Append, Cursor, Filter, Log, SqliteOptions, TypeFilter};
-use spool_projections::{Runner, RunnerHandle, RunnerOptions, Views};
+use spool_log::{Append, Cursor, Filter, KafkaLog, Log, SqliteOptions, TypeFilter};
+use spool_projections::{CurrentRunner, Runner, RunnerHandle, RunnerOptions, Views};
 use spool_schemas::{Payload, TenantCreated};
 use tokio::sync::watch;
 
-use crate::config::{Config, DEFAULT_LISTEN, LogTarget};
+use crate::config::{Config, DEFAULT_LISTEN, LogTarget, ViewsTarget};
 use crate::datadir::DataDir;
+use crate::lease;
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -58,13 +60,23 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
             }
         })
     };
+    let mut kafka = None;
     let log: Arc<dyn Log> = match &config.log {
         LogTarget::Sqlite => Arc::new(
             spool_log::SqliteLog::open(data_dir.log_path(), SqliteOptions::default())
                 .await
                 .with_context(|| format!("cannot open {}", data_dir.log_path().display()))?,
         ),
-        LogTarget::Kafka(_) => config.open_log(false).await?,
+        LogTarget::Kafka(options) => {
+            let log = Arc::new(KafkaLog::open(options.clone()).await.with_context(|| {
+                format!(
+                    "cannot open the event log in Kafka topic {} at {}",
+                    options.topic, options.brokers
+                )
+            })?);
+            kafka = Some(log.clone());
+            log
+        }
     };
     let views = match config.open_views().await {
         Ok(views) => views,
@@ -75,23 +87,52 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
     };
 
     let (stop_runner, runner_stopped) = watch::channel(false);
-    let runner = Runner::new(
-        log.clone(),
-        views.clone(),
-        spool_projections::builtin(),
-        RunnerOptions::default(),
-    );
-    let runner_handle = runner.handle();
-    let runner_task = tokio::spawn(runner.run(stopped(runner_stopped)));
+    // With the log in Kafka and the read models in PostgreSQL, several
+    // instances share the work: advisory locks in that database give each
+    // some partitions to project (see `lease`). Otherwise this process
+    // projects them all.
+    let (running, running_now) = watch::channel(BTreeSet::new());
+    let leases = match (&kafka, &config.views) {
+        (Some(kafka), ViewsTarget::Postgres(url)) => {
+            Some(lease::join(url, &kafka.options().topic, kafka.partitions(), running_now).await?)
+        }
+        _ => None,
+    };
+    let (runner, runner_task) = match &leases {
+        None => {
+            let runner = Runner::new(
+                log.clone(),
+                views.clone(),
+                spool_projections::builtin(),
+                RunnerOptions::default(),
+            );
+            let handle = runner.handle();
+            (CurrentRunner::fixed(handle), tokio::spawn(runner.run(stopped(runner_stopped))))
+        }
+        Some(leases) => {
+            let idle =
+                Runner::new(log.clone(), views.clone(), Vec::new(), RunnerOptions::default());
+            let (handles, current) = watch::channel(idle.handle());
+            let task = tokio::spawn(supervise(
+                log.clone(),
+                views.clone(),
+                leases.wanted(),
+                Supervised { handles, running },
+                runner_stopped,
+            ));
+            (CurrentRunner::following(current), task)
+        }
+    };
 
     // From here on the log is open and the runner runs: whatever fails,
     // `stop` below still closes them.
-    let started = start(data_dir, &listen, &log, &views, &runner_handle, metrics).await;
+    let started = start(data_dir, &listen, &log, &views, &runner, leases.is_some(), metrics).await;
     let served = match started {
         Ok(started) => serve(started).await,
         Err(error) => Err(error),
     };
     let stopped = stop(log, stop_runner, runner_task).await;
+    drop(leases);
     upkeep.abort();
     served?;
     stopped?;
@@ -122,7 +163,8 @@ async fn start(
     listen: &str,
     log: &Arc<dyn Log>,
     views: &Views,
-    runner: &RunnerHandle,
+    runner: &CurrentRunner,
+    shared: bool,
     metrics: PrometheusHandle,
 ) -> anyhow::Result<Started> {
     // The log is the authority on whether a tenant exists: the views may
@@ -160,8 +202,13 @@ async fn start(
     // (and the bootstrap key) authenticates from the first request on. The
     // others catch up, rebuild or fail while the server runs; `/readyz`
     // says where they stand.
+    if shared {
+        // Wait for this instance's share of the partitions; the auth rows
+        // of the others come from the instances that own them.
+        wait_for_partitions(runner).await?;
+    }
     if let Err(error) =
-        runner.wait_for_projection(spool_projections::auth::NAME, &auth_target).await
+        runner.get().wait_for_projection(spool_projections::auth::NAME, &auth_target).await
     {
         // Serving still answers `/healthz`, `/readyz` and `/metrics`; every
         // authenticated request gets `503` until the projection is fixed.
@@ -232,6 +279,92 @@ async fn serve(started: Started) -> anyhow::Result<()> {
         Err(panic) => tracing::error!(%panic, "the api.call recorder panicked"),
     }
     served
+}
+
+/// How long a new instance waits for its share of the partitions before
+/// giving up.
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn wait_for_partitions(runner: &CurrentRunner) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + ASSIGNMENT_TIMEOUT;
+    while runner.get().owned_partitions().is_empty() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("no partition was free to project in {ASSIGNMENT_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Where the supervisor reports: the runner now serving, and the
+/// partitions it projects (so that the leases release only what no runner
+/// of this instance projects any more).
+struct Supervised {
+    handles: watch::Sender<RunnerHandle>,
+    running: watch::Sender<BTreeSet<u32>>,
+}
+
+/// Projects the partitions this instance's leases want, with a new runner
+/// whenever they change, until `stop`. Checkpoints live in the
+/// shared read models, so a runner taking a partition over resumes where
+/// its last owner committed; a batch in flight when ownership moved fails
+/// on its checkpoint rather than counting twice.
+async fn supervise(
+    log: Arc<dyn Log>,
+    views: Views,
+    mut owned: watch::Receiver<BTreeSet<u32>>,
+    supervised: Supervised,
+    mut stop: watch::Receiver<bool>,
+) -> spool_projections::Result<()> {
+    loop {
+        let partitions = owned.borrow_and_update().clone();
+        if !partitions.is_empty() {
+            let runner = Runner::new(
+                log.clone(),
+                views.clone(),
+                spool_projections::builtin(),
+                RunnerOptions::default(),
+            )
+            .owning(partitions.iter().copied())?;
+            supervised.handles.send_replace(runner.handle());
+            supervised.running.send_replace(partitions.clone());
+            tracing::info!(?partitions, "projecting the partitions this instance owns");
+            let (stop_runner, runner_stopped) = watch::channel(false);
+            let mut task = tokio::spawn(runner.run(stopped(runner_stopped)));
+            let ended_by_itself = tokio::select! {
+                _ = owned.changed() => false,
+                _ = stop.wait_for(|stopped| *stopped) => false,
+                ended = &mut task => {
+                    if let Ok(Err(error)) = ended {
+                        tracing::error!(%error, "the projection runner stopped");
+                    }
+                    true
+                }
+            };
+            if !ended_by_itself {
+                let _ = stop_runner.send(true);
+                let _ = task.await;
+            }
+            supervised.running.send_replace(BTreeSet::new());
+            if *stop.borrow() {
+                return Ok(());
+            }
+            if !ended_by_itself && owned.has_changed().is_ok() {
+                continue;
+            }
+        }
+        // Nothing to run (no partitions, or a runner that failed, whose
+        // failure is recorded): wait for a new assignment or the end.
+        let group_gone = tokio::select! {
+            changed = owned.changed() => changed.is_err(),
+            _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
+        };
+        if group_gone {
+            // Only the end can come now.
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            return Ok(());
+        }
+    }
 }
 
 /// Stops the projections and closes the log, each whatever became of the

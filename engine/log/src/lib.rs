@@ -24,7 +24,7 @@ pub mod conformance;
 pub use cursor::Cursor;
 pub use error::{Error, Result, VersionConflict};
 pub use filter::{Filter, TypeFilter};
-pub use kafka::{KafkaLog, KafkaOptions, PartitionGroup};
+pub use kafka::{KafkaLog, KafkaOptions};
 pub use memory::MemoryLog;
 pub use model::{Append, Appended, Expected, NewEvent, ReadBatch, StoredEvent};
 pub use page::{Page, read_page, read_page_where};

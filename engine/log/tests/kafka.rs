@@ -339,35 +339,3 @@ async fn appends_fail_fast_while_the_broker_is_away_and_recover_when_it_returns(
     let versions: Vec<u64> = stored.iter().map(|e| e.stream_version).collect();
     assert_eq!(versions, (1..=7).collect::<Vec<_>>());
 }
-
-/// Two instances in one group own every partition exactly once between
-/// them; when one leaves, the other owns them all within seconds.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_group_splits_the_partitions_and_hands_them_over_when_a_member_leaves() {
-    let topic = fresh_topic();
-    let first = KafkaLog::open(options(&topic, 4)).await.unwrap();
-    let second = KafkaLog::open(options(&topic, 4)).await.unwrap();
-    let group = format!("spool-test-group-{}", uuid::Uuid::now_v7());
-    let a = first.join_group(&group).unwrap();
-    let b = second.join_group(&group).unwrap();
-    let all: std::collections::BTreeSet<u32> = (0..4).collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (owned_a, owned_b) = (a.owned().borrow().clone(), b.owned().borrow().clone());
-        if !owned_a.is_empty()
-            && !owned_b.is_empty()
-            && owned_a.is_disjoint(&owned_b)
-            && owned_a.union(&owned_b).copied().collect::<std::collections::BTreeSet<_>>() == all
-        {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no split: {owned_a:?} {owned_b:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    drop(b);
-    let mut owned = a.owned();
-    tokio::time::timeout(std::time::Duration::from_secs(20), owned.wait_for(|owned| *owned == all))
-        .await
-        .expect("the remaining member owns every partition within seconds")
-        .unwrap();
-}

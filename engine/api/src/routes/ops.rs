@@ -27,6 +27,11 @@ pub(crate) async fn healthz() -> Json<Health> {
 pub struct Readiness {
     /// `ready` or `not ready`.
     pub status: &'static str,
+    /// The log partitions this instance projects: all of them, unless
+    /// several instances share the work (Kafka log, PostgreSQL read
+    /// models), when each projects those its consumer group assigned it.
+    #[schema(example = json!([0, 1, 2, 3]))]
+    pub partitions: Vec<u32>,
     pub projections: Vec<ProjectionView>,
 }
 
@@ -60,8 +65,8 @@ pub struct ProjectionView {
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let projections: Vec<ProjectionView> = state
-        .runner
+    let runner = state.runner.get();
+    let projections: Vec<ProjectionView> = runner
         .status()
         .into_iter()
         .map(|status| {
@@ -82,7 +87,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         .collect();
     let ready = projections.iter().all(|projection| projection.state == "live");
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = Readiness { status: if ready { "ready" } else { "not ready" }, projections };
+    let partitions = runner.owned_partitions().to_vec();
+    let body =
+        Readiness { status: if ready { "ready" } else { "not ready" }, partitions, projections };
     (status, Json(body))
 }
 

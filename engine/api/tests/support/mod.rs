@@ -99,7 +99,7 @@ pub async fn harness_with(
     let state = AppState {
         log: app_log.clone(),
         views,
-        runner: runner_handle.clone(),
+        runner: spool_projections::CurrentRunner::fixed(runner_handle.clone()),
         recorder: recorder.handle(),
         metrics: None,
         shutdown: stopped.clone(),

@@ -19,9 +19,6 @@
 //! step.
 
 mod arbiter;
-mod group;
-
-pub use group::PartitionGroup;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,267 @@
+//! `spool serve` scaled out: the log in Kafka (the tansu broker that
+//! ./scripts/test starts, SPOOL_TEST_KAFKA) and the read models in
+//! PostgreSQL (SPOOL_TEST_POSTGRES), one topic and one schema per test;
+//! then two instances sharing them, one killed with SIGKILL.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the tests with ./scripts/test"))
+}
+
+/// A PostgreSQL schema of this test's own, dropped at the end.
+struct Schema {
+    server: String,
+    name: String,
+}
+
+impl Schema {
+    async fn create() -> Schema {
+        let server = env("SPOOL_TEST_POSTGRES");
+        let name = format!("spool_scaleout_{}", uuid::Uuid::now_v7().simple());
+        let mut connection = sqlx::PgConnection::connect(&server).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+        Schema { server, name }
+    }
+
+    fn url(&self) -> String {
+        let separator = if self.server.contains('?') { '&' } else { '?' };
+        format!("{}{separator}options=-c%20search_path%3D{}", self.server, self.name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Outside the test's runtime, which may be gone (or panicking).
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let mut connection = sqlx::PgConnection::connect(&server).await?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(&mut connection)
+                    .await?;
+                connection.close().await
+            })
+        })
+        .join();
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    admin_key: Option<String>,
+}
+
+/// Starts `spool serve` with the given log and views; waits until it listens.
+async fn serve(data_dir: &Path, log: &str, views: &str) -> Server {
+    let mut child = Command::new(SPOOL)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(["--log", log, "--views", views])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut admin_key = None;
+    let address = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(key) = line.strip_prefix("admin key: ") {
+                admin_key = Some(key.to_owned());
+            }
+            if let Some(address) = line.strip_prefix("listening on ") {
+                return address.to_owned();
+            }
+        }
+        panic!("spool serve exited before listening");
+    })
+    .await
+    .expect("spool serve listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server { child, base: format!("http://{address}"), admin_key }
+}
+
+async fn post(base: &str, key: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+async fn get(base: &str, key: &str, path: &str) -> Value {
+    let response =
+        reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(key).send().await.unwrap();
+    assert!(response.status().is_success(), "{path}: {}", response.status());
+    response.json().await.unwrap()
+}
+
+/// Every app event of the tenant, following `next` cursors.
+async fn list_all(base: &str, key: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = String::from("0.0.0.0");
+    loop {
+        let page = get(base, key, &format!("/v1/events?limit=7&after={after}")).await;
+        events.extend(page["events"].as_array().unwrap().iter().cloned());
+        after = page["next"].as_str().unwrap().to_owned();
+        if !page["has_more"].as_bool().unwrap() {
+            return events;
+        }
+    }
+}
+
+/// How many `order.placed` events the stats read model has counted.
+async fn counted(base: &str, key: &str) -> u64 {
+    let stats = get(base, key, "/v1/stats/events?type=order.placed").await;
+    stats["counts"].as_array().unwrap().iter().map(|c| c["count"].as_u64().unwrap()).sum()
+}
+
+async fn until_counted(base: &str, key: &str, expected: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let seen = counted(base, key).await;
+        if seen == expected {
+            return;
+        }
+        assert!(seen < expected, "counted {seen}, more than the {expected} posted: double work");
+        assert!(tokio::time::Instant::now() < deadline, "counted {seen} of {expected}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn order(n: u64) -> Value {
+    json!({"type": "order.placed", "subject": format!("order/{}", n % 9), "data": {"n": n}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_kafka_and_postgres_keeps_everything_across_a_restart() {
+    let schema = Schema::create().await;
+    let log = format!("kafka://{}/{}?partitions=4", env("SPOOL_TEST_KAFKA"), schema.name);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &log, &schema.url()).await;
+    let key = server.admin_key.clone().expect("a fresh deployment prints an admin key");
+    for n in 0..20 {
+        post(&server.base, &key, order(n)).await;
+    }
+    let listed = list_all(&server.base, &key).await;
+    assert_eq!(listed.len(), 20);
+    let partitions: std::collections::BTreeSet<u64> =
+        listed.iter().map(|e| e["partition"].as_u64().unwrap()).collect();
+    assert!(partitions.len() > 1, "9 streams over 4 partitions use several: {partitions:?}");
+    until_counted(&server.base, &key, 20).await;
+    server.child.kill().await.unwrap();
+
+    // A new data directory: everything lives in Kafka and PostgreSQL. No
+    // second bootstrap; the old key works; the events are all there.
+    let other_dir = tempfile::tempdir().unwrap();
+    let again = serve(other_dir.path(), &log, &schema.url()).await;
+    assert_eq!(again.admin_key, None, "bootstrapped twice");
+    assert_eq!(list_all(&again.base, &key).await.len(), 20);
+    post(&again.base, &key, order(20)).await;
+    until_counted(&again.base, &key, 21).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_work_and_one_takes_over_when_the_other_is_killed() {
+    let schema = Schema::create().await;
+    let log = format!("kafka://{}/{}?partitions=4", env("SPOOL_TEST_KAFKA"), schema.name);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = serve(dir_a.path(), &log, &schema.url()).await;
+    let key = a.admin_key.clone().expect("a fresh deployment prints an admin key");
+    let b = serve(dir_b.path(), &log, &schema.url()).await;
+    assert_eq!(b.admin_key, None, "the second instance bootstrapped again");
+
+    // The group splits the partitions between them.
+    let owned = |base: String| async move {
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        let body: Value = ready.json().await.unwrap();
+        body["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect::<std::collections::BTreeSet<u64>>()
+    };
+    let all: std::collections::BTreeSet<u64> = (0..4).collect();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (of_a, of_b) = (owned(a.base.clone()).await, owned(b.base.clone()).await);
+        if !of_a.is_empty() && !of_b.is_empty() && of_a.is_disjoint(&of_b) && &of_a | &of_b == all {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not split: {of_a:?} {of_b:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Both serve the API; each event is counted once, whoever projects it.
+    for n in 0..30 {
+        let base = if n % 2 == 0 { &a.base } else { &b.base };
+        post(base, &key, order(n)).await;
+    }
+    until_counted(&a.base, &key, 30).await;
+    assert_eq!(counted(&b.base, &key).await, 30);
+
+    // Kill -9 one: the other takes its partitions over within seconds and
+    // projects what arrives, losing nothing acknowledged.
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    let takeover = tokio::time::Instant::now();
+    while owned(b.base.clone()).await != all {
+        assert!(takeover.elapsed() < Duration::from_secs(20), "no takeover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("the survivor owned every partition {:?} after the kill", takeover.elapsed());
+    let mut acknowledged = 30;
+    for n in 30..50 {
+        post(&b.base, &key, order(n)).await;
+        acknowledged += 1;
+    }
+    until_counted(&b.base, &key, acknowledged).await;
+    assert_eq!(list_all(&b.base, &key).await.len() as u64, acknowledged);
+
+    // The read models the two built between them equal a full rebuild
+    // from the log into a schema of its own.
+    let rebuilt = Schema::create().await;
+    let rebuild_dir = tempfile::tempdir().unwrap();
+    let output = Command::new(SPOOL)
+        .args(["projections", "rebuild", "--data-dir"])
+        .arg(rebuild_dir.path())
+        .args(["--log", &log, "--views", &rebuilt.url()])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "rebuild: {}", String::from_utf8_lossy(&output.stderr));
+    let rows = |schema: String| async move {
+        let mut connection =
+            sqlx::PgConnection::connect(&env("SPOOL_TEST_POSTGRES")).await.unwrap();
+        let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(&format!(
+            "SELECT tenant, minute, event_type, count FROM {schema}.event_counts \
+             WHERE event_type <> 'api.call' ORDER BY 1, 2, 3"
+        ))
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        rows
+    };
+    let (live, full) = (rows(schema.name.clone()).await, rows(rebuilt.name.clone()).await);
+    assert!(!live.is_empty());
+    assert_eq!(live, full, "the live read model differs from a rebuild");
+}
