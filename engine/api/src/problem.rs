@@ -127,6 +127,15 @@ impl From<spool_log::Error> for Problem {
                     conflict.stream, conflict.actual, conflict.expected
                 ),
             ),
+            spool_log::Error::Unavailable(reason) => {
+                // The reason names internal hosts; it goes to the log only.
+                tracing::warn!(%reason, "the event log is unavailable");
+                Problem::new(
+                    ProblemKind::UNAVAILABLE,
+                    "the event log is unavailable right now; retrying with the same event ids \
+                     is safe",
+                )
+            }
             other => Problem::internal(&other),
         }
     }
@@ -145,6 +154,9 @@ impl IntoResponse for Problem {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

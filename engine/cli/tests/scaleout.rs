@@ -117,11 +117,11 @@ async fn get(base: &str, key: &str, path: &str) -> Value {
 /// Every app event of the tenant, following `next` cursors.
 async fn list_all(base: &str, key: &str) -> Vec<Value> {
     let mut events = Vec::new();
-    let mut after = String::from("0.0.0.0");
+    let mut path = String::from("/v1/events?limit=7");
     loop {
-        let page = get(base, key, &format!("/v1/events?limit=7&after={after}")).await;
+        let page = get(base, key, &path).await;
         events.extend(page["events"].as_array().unwrap().iter().cloned());
-        after = page["next"].as_str().unwrap().to_owned();
+        path = format!("/v1/events?limit=7&after={}", page["next"].as_str().unwrap());
         if !page["has_more"].as_bool().unwrap() {
             return events;
         }
@@ -264,4 +264,100 @@ async fn two_instances_share_the_work_and_one_takes_over_when_the_other_is_kille
     let (live, full) = (rows(schema.name.clone()).await, rows(rebuilt.name.clone()).await);
     assert!(!live.is_empty());
     assert_eq!(live, full, "the live read model differs from a rebuild");
+}
+
+/// A broker of this test's own, to pause and resume.
+struct OwnBroker {
+    child: std::process::Child,
+    address: String,
+}
+
+impl OwnBroker {
+    async fn start() -> OwnBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(env("SPOOL_TEST_TANSU"))
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let broker = OwnBroker { child, address: format!("127.0.0.1:{port}") };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&broker.address).await.is_ok() {
+                return broker;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("tansu did not listen on {}", broker.address);
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success()
+        );
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The broker going away while serving: appends answer 503 with a
+/// problem+json body instead of hanging, and the server recovers by itself
+/// when the broker returns; a retry with the same id is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_answer_503_while_the_broker_is_away_and_recover_after() {
+    let broker = OwnBroker::start().await;
+    let schema = Schema::create().await;
+    let log = format!("kafka://{}/{}?partitions=2", broker.address, schema.name);
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &log, &schema.url()).await;
+    let key = server.admin_key.clone().unwrap();
+    post(&server.base, &key, order(1)).await;
+
+    broker.signal("-STOP");
+    let during =
+        json!({"type": "order.placed", "subject": "order/7", "id": "retry-me", "data": {}});
+    let client = reqwest::Client::new();
+    let started = tokio::time::Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(45),
+        client.post(format!("{}/v1/events", server.base)).bearer_auth(&key).json(&during).send(),
+    )
+    .await
+    .expect("the append must fail, not hang")
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    assert!(problem["type"].as_str().unwrap().ends_with("unavailable"), "{problem}");
+    assert!(!problem.to_string().contains(&broker.address), "internal address leaked: {problem}");
+    eprintln!("503 after {:?}", started.elapsed());
+
+    broker.signal("-CONT");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let response = client
+            .post(format!("{}/v1/events", server.base))
+            .bearer_auth(&key)
+            .json(&during)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 201 {
+            break;
+        }
+        assert_eq!(response.status(), 503);
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let listed = list_all(&server.base, &key).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
 }
