@@ -121,6 +121,11 @@ async fn raw_produce(brokers: &str, tenant: TenantId) -> Duration {
             )
         })
         .collect();
+    // Connected, with its producer id, before the clock starts, as the
+    // log's producer is.
+    let (key, value, partition) = &records[0];
+    let warm_up = FutureRecord::to(&topic).partition(*partition).key(key).payload(value);
+    producer.send(warm_up, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
     let started = Instant::now();
     let mut deliveries = Vec::with_capacity(records.len());
     for (key, value, partition) in &records {
