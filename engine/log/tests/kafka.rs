@@ -119,7 +119,16 @@ async fn two_writers_racing_for_versions_agree_on_one_winner_each() {
             .iter()
             .flatten()
             .map(|e| {
-                format!("{}:{} {} {}@{}", e.partition, e.position, e.id, e.stream, e.stream_version)
+                format!(
+                    "{}:{} {} {}@{} {} {}",
+                    e.partition,
+                    e.position,
+                    e.id,
+                    e.stream,
+                    e.stream_version,
+                    e.recorded_at,
+                    e.data
+                )
             })
             .collect()
     };

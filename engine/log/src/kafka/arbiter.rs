@@ -16,7 +16,14 @@
 //!
 //! Nothing else decides, so every instance reading the partition from the
 //! start reaches the same positions and versions. A writer acknowledges only
-//! after reading its own part's decision.
+//! after its part's decision.
+//!
+//! Records are applied strictly in offset order. A writer knows the records
+//! it produced and their offsets (from the delivery reports), so where every
+//! offset up to its own is one of its records, it applies them without
+//! waiting to read them back ([`Arbiter::offer_own`]); any other writer's
+//! record in between makes it wait for the read ([`Arbiter::apply_read`]).
+//! Either way each offset is applied once, to the same decision.
 
 use std::collections::HashMap;
 
@@ -59,6 +66,10 @@ pub(super) struct Arbiter {
     streams: HashMap<TenantId, HashMap<StreamName, Vec<usize>>>,
     /// Parts whose records have not all been read yet.
     pending: HashMap<PartId, Vec<Option<StoredEvent>>>,
+    /// The offset of the next record to apply.
+    next_offset: i64,
+    /// Records this instance produced at offsets not applied yet.
+    own: HashMap<i64, Record>,
 }
 
 impl Arbiter {
@@ -69,6 +80,53 @@ impl Arbiter {
             ids: HashMap::new(),
             streams: HashMap::new(),
             pending: HashMap::new(),
+            next_offset: 0,
+            own: HashMap::new(),
+        }
+    }
+
+    /// The offset of the next record to apply: everything before it is.
+    pub(super) fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// Applies the record read at `offset` (`None`: not a Spool record,
+    /// which decides nothing), then any of this instance's records that
+    /// follow it; returns the parts decided.
+    pub(super) fn apply_read(
+        &mut self,
+        offset: i64,
+        record: Option<Record>,
+    ) -> Vec<(PartId, Outcome)> {
+        if offset < self.next_offset {
+            // Applied already, from this instance's own delivery.
+            return Vec::new();
+        }
+        // Offsets may skip (a transaction marker, records removed by
+        // retention before this instance read them): nothing was there.
+        self.own.retain(|&own, _| own > offset);
+        self.next_offset = offset + 1;
+        let mut decided: Vec<_> =
+            record.and_then(|record| self.apply(record)).into_iter().collect();
+        self.drain_own(&mut decided);
+        decided
+    }
+
+    /// Takes a record this instance produced, delivered at `offset`, and
+    /// applies every record now known up to the first unknown offset.
+    pub(super) fn offer_own(&mut self, offset: i64, record: Record) -> Vec<(PartId, Outcome)> {
+        let mut decided = Vec::new();
+        if offset >= self.next_offset {
+            self.own.insert(offset, record);
+            self.drain_own(&mut decided);
+        }
+        decided
+    }
+
+    fn drain_own(&mut self, decided: &mut Vec<(PartId, Outcome)>) {
+        while let Some(record) = self.own.remove(&self.next_offset) {
+            self.next_offset += 1;
+            decided.extend(self.apply(record));
         }
     }
 
@@ -94,7 +152,7 @@ impl Arbiter {
 
     /// Applies the next record of the partition; returns the decision of
     /// its part if this record completed it.
-    pub(super) fn apply(&mut self, record: Record) -> Option<(PartId, Outcome)> {
+    fn apply(&mut self, record: Record) -> Option<(PartId, Outcome)> {
         let Record { part, index, count, event } = record;
         if count == 0 || index >= count {
             return None;
@@ -199,6 +257,25 @@ mod tests {
             },
         );
         Record { part: [part; 16], index, count, event }
+    }
+
+    #[test]
+    fn own_records_are_applied_in_offset_order_once_and_only_up_to_a_gap() {
+        let tenant = TenantId::new();
+        let mut arbiter = Arbiter::new(0);
+        // Offset 1 is ours but offset 0 is unknown: nothing can be decided.
+        assert!(arbiter.offer_own(1, claim(2, 0, 1, "s", 2, tenant)).is_empty());
+        // Another writer's record at 0, read: it and then ours are decided.
+        let decided = arbiter.apply_read(0, Some(claim(1, 0, 1, "s", 1, tenant)));
+        assert_eq!(decided.len(), 2);
+        assert!(decided.iter().all(|(_, outcome)| matches!(outcome, Outcome::Accepted(_))));
+        // Reading our own record back later changes nothing.
+        assert!(arbiter.apply_read(1, Some(claim(2, 0, 1, "s", 2, tenant))).is_empty());
+        assert_eq!((arbiter.head(), arbiter.next_offset()), (Position(2), 2));
+        // Ours at 2 and 3 with nothing between: decided without reading.
+        assert_eq!(arbiter.offer_own(2, claim(3, 0, 1, "s", 3, tenant)).len(), 1);
+        assert_eq!(arbiter.offer_own(3, claim(4, 0, 1, "s", 4, tenant)).len(), 1);
+        assert_eq!(arbiter.head(), Position(4));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::SubsecRound;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -335,6 +336,7 @@ impl KafkaLog {
         let part_hex = hex(&part_id);
         let count = claims.len();
         let mut deliveries = Vec::with_capacity(count);
+        let mut records = Vec::with_capacity(count);
         for (index, (event, version)) in claims.iter().enumerate() {
             let envelope = Envelope {
                 id: event.id,
@@ -349,6 +351,13 @@ impl KafkaLog {
             };
             let value = serde_json::to_vec(&envelope)
                 .map_err(|e| Error::Invalid(format!("cannot encode event {}: {e}", event.id)))?;
+            // The record as every reader will decode it.
+            records.push(Record {
+                part: part_id,
+                index: index as u32,
+                count: count as u32,
+                event: stored_claim(&envelope, partition),
+            });
             let key = stream_key(event.tenant, &event.stream);
             let place = format!("{index}/{count}");
             let headers = OwnedHeaders::new()
@@ -365,9 +374,13 @@ impl KafkaLog {
                 .map_err(|(error, _)| unavailable(&self.options, &error))?;
             deliveries.push(delivery);
         }
-        for delivery in deliveries {
+        for (delivery, record) in deliveries.into_iter().zip(records) {
             match delivery.await {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivered)) => {
+                    let mut arbiter = self.arbiter(partition);
+                    let decided = arbiter.offer_own(delivered.offset, record);
+                    self.shared.settle(partition, &arbiter, decided);
+                }
                 Ok(Err((error, _))) => return Err(unavailable(&self.options, &error)),
                 Err(_) => return Err(Error::Closed),
             }
@@ -475,29 +488,34 @@ async fn follow(consumer: StreamConsumer, shared: Arc<Shared>) {
         let Some(arbiter) = shared.arbiters.get(partition as usize) else { continue };
         let offset = message.offset();
         let record = decode(&message, partition);
-        let decision = match record {
-            Some(record) => {
-                let mut arbiter = lock(arbiter);
-                let decision = arbiter.apply(record);
-                let head = arbiter.head();
-                drop(arbiter);
-                shared.heads[partition as usize].send_if_modified(|current| {
-                    let grew = head > *current;
-                    *current = head.max(*current);
-                    grew
-                });
-                decision
+        if record.is_none() {
+            tracing::warn!(partition, offset, "skipping a record that is not a Spool event");
+        }
+        let mut arbiter = lock(arbiter);
+        let decided = arbiter.apply_read(offset, record);
+        shared.settle(partition, &arbiter, decided);
+    }
+}
+
+impl Shared {
+    /// Publishes what `arbiter` (locked) now holds and answers the appends
+    /// whose parts were `decided`.
+    fn settle(&self, partition: u32, arbiter: &Arbiter, decided: Vec<(PartId, Outcome)>) {
+        let head = arbiter.head();
+        self.heads[partition as usize].send_if_modified(|current| {
+            let grew = head > *current;
+            *current = head.max(*current);
+            grew
+        });
+        self.applied[partition as usize].send_replace(arbiter.next_offset());
+        if decided.is_empty() {
+            return;
+        }
+        let mut waiting = lock(&self.waiting);
+        for (part, outcome) in decided {
+            if let Some(waiter) = waiting.remove(&part) {
+                let _ = waiter.send(outcome);
             }
-            None => {
-                tracing::warn!(partition, offset, "skipping a record that is not a Spool event");
-                None
-            }
-        };
-        shared.applied[partition as usize].send_replace(offset + 1);
-        if let Some((part, outcome)) = decision
-            && let Some(waiter) = lock(&shared.waiting).remove(&part)
-        {
-            let _ = waiter.send(outcome);
         }
     }
 }
@@ -543,7 +561,7 @@ fn decode(message: &impl Message, partition: u32) -> Option<Record> {
         tenant: raw.tenant,
         stream: raw.stream,
         stream_version: raw.stream_version,
-        recorded_at: raw.recorded_at,
+        recorded_at: raw.recorded_at.trunc_subsecs(6),
         causation_id: raw.causation_id,
         correlation_id: raw.correlation_id,
         type_name: raw.type_name,
@@ -551,6 +569,26 @@ fn decode(message: &impl Message, partition: u32) -> Option<Record> {
         data: raw.data.to_string(),
     };
     Some(Record { part, index, count, event })
+}
+
+/// The event of a record this instance produced, exactly as [`decode`]
+/// will read it back (times to the microsecond, the payload as parsed JSON
+/// written again), so that its own records and read ones decide alike.
+fn stored_claim(envelope: &Envelope, partition: u32) -> StoredEvent {
+    StoredEvent {
+        partition,
+        position: Position::ZERO,
+        id: envelope.id,
+        tenant: envelope.tenant,
+        stream: envelope.stream.clone(),
+        stream_version: envelope.stream_version,
+        recorded_at: envelope.recorded_at.trunc_subsecs(6),
+        causation_id: envelope.causation_id,
+        correlation_id: envelope.correlation_id,
+        type_name: envelope.event.type_name().to_owned(),
+        version: envelope.event.version(),
+        data: envelope.event.data_value().to_string(),
+    }
 }
 
 fn unhex(text: &str) -> Option<PartId> {
