@@ -55,32 +55,54 @@ pub(crate) async fn join(
     partitions: u32,
     running: watch::Receiver<BTreeSet<u32>>,
 ) -> anyhow::Result<PartitionLeases> {
-    let mut connection = PgConnection::connect(url)
-        .await
-        .context("cannot connect to PostgreSQL to share the partitions")?;
     let namespace = namespace(topic);
-    sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
-        .bind(namespace)
-        .bind(MEMBER_KEY)
-        .execute(&mut connection)
+    let connection = member(url, namespace)
         .await
-        .context("cannot join the instances sharing the partitions")?;
+        .context("cannot join the instances sharing the partitions in PostgreSQL")?;
     let (wanted_sender, wanted) = watch::channel(BTreeSet::new());
+    let url = url.to_owned();
     let task = tokio::spawn(async move {
+        let mut running = running;
         let mut leases = Leases { connection, namespace, partitions, held: BTreeSet::new() };
         let mut ticks = tokio::time::interval(TICK);
         loop {
             ticks.tick().await;
-            if let Err(error) = leases.rebalance(&wanted_sender, &running).await {
-                // Without the connection the locks are gone too: want
-                // nothing, and let the process be restarted.
-                tracing::error!(%error, "lost the partition leases");
-                wanted_sender.send_replace(BTreeSet::new());
-                return;
+            let Err(error) = leases.rebalance(&wanted_sender, &running).await else { continue };
+            // The session, and with it the locks, may be gone. Stop
+            // projecting first, so that whoever takes the partitions over
+            // does not overlap with this instance; then join again.
+            tracing::error!(%error, "the partition leases failed; stopping and joining again");
+            wanted_sender.send_replace(BTreeSet::new());
+            let _ = tokio::time::timeout(REJOIN_WAIT, running.wait_for(BTreeSet::is_empty)).await;
+            loop {
+                tokio::time::sleep(TICK).await;
+                match member(&url, namespace).await {
+                    Ok(connection) => {
+                        leases =
+                            Leases { connection, namespace, partitions, held: BTreeSet::new() };
+                        break;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot join the partition leases yet"),
+                }
             }
         }
     });
     Ok(PartitionLeases { wanted, task })
+}
+
+/// How long a failed member waits for its runner to stop before it lets
+/// its locks go anyway.
+const REJOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// A new session holding the member lock.
+async fn member(url: &str, namespace: i32) -> sqlx::Result<PgConnection> {
+    let mut connection = PgConnection::connect(url).await?;
+    sqlx::query("SELECT pg_advisory_lock_shared($1, $2)")
+        .bind(namespace)
+        .bind(MEMBER_KEY)
+        .execute(&mut connection)
+        .await?;
+    Ok(connection)
 }
 
 /// A stable 32-bit namespace for the topic's locks.
@@ -108,6 +130,7 @@ impl Leases {
     ) -> sqlx::Result<()> {
         let members: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 2",
         )
         .bind(i64::from(self.namespace as u32))

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spool_api::commands;
@@ -94,7 +94,13 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
     let (running, running_now) = watch::channel(BTreeSet::new());
     let leases = match (&kafka, &config.views) {
         (Some(kafka), ViewsTarget::Postgres(url)) => {
-            Some(lease::join(url, &kafka.options().topic, kafka.partitions(), running_now).await?)
+            match lease::join(url, &kafka.options().topic, kafka.partitions(), running_now).await {
+                Ok(leases) => Some(leases),
+                Err(error) => {
+                    let _ = log.close().await;
+                    return Err(error);
+                }
+            }
         }
         _ => None,
     };
@@ -202,13 +208,12 @@ async fn start(
     // (and the bootstrap key) authenticates from the first request on. The
     // others catch up, rebuild or fail while the server runs; `/readyz`
     // says where they stand.
-    if shared {
-        // Wait for this instance's share of the partitions; the auth rows
-        // of the others come from the instances that own them.
-        wait_for_partitions(runner).await?;
-    }
-    if let Err(error) =
-        runner.get().wait_for_projection(spool_projections::auth::NAME, &auth_target).await
+    // Shared: wait for this instance's share of the partitions; the auth
+    // rows of the others come from the instances that own them.
+    let projecting = !shared || wait_for_partitions(runner).await;
+    if projecting
+        && let Err(error) =
+            runner.get().wait_for_projection(spool_projections::auth::NAME, &auth_target).await
     {
         // Serving still answers `/healthz`, `/readyz` and `/metrics`; every
         // authenticated request gets `503` until the projection is fixed.
@@ -281,20 +286,24 @@ async fn serve(started: Started) -> anyhow::Result<()> {
     served
 }
 
-/// How long a new instance waits for its share of the partitions before
-/// giving up.
-const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new instance waits for its share of the partitions before it
+/// serves without one.
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-async fn wait_for_partitions(runner: &CurrentRunner) -> anyhow::Result<()> {
+/// Whether a runner with projections now serves.
+async fn wait_for_partitions(runner: &CurrentRunner) -> bool {
     let deadline = tokio::time::Instant::now() + ASSIGNMENT_TIMEOUT;
     // The placeholder before the first assignment runs no projection.
     while runner.get().state(spool_projections::auth::NAME).is_none() {
         if tokio::time::Instant::now() > deadline {
-            bail!("no partition was free to project in {ASSIGNMENT_TIMEOUT:?}");
+            // More instances than partitions leave some with none: they
+            // serve the API on the read models the others keep.
+            tracing::info!("no partition to project yet; serving on the others' read models");
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(())
+    true
 }
 
 /// Where the supervisor reports: the runner now serving, and the

@@ -52,6 +52,8 @@ const READ_WINDOW: u64 = 10_000;
 const PART_HEADER: &str = "spool-part";
 /// Header giving the record's place in its part, `index/count`.
 const INDEX_HEADER: &str = "spool-index";
+/// The most records one append may put in one partition.
+const MAX_PART_RECORDS: u32 = 100_000;
 /// How often an append whose claims lost to another writer's plans again.
 const MAX_ATTEMPTS: usize = 20;
 
@@ -319,11 +321,13 @@ impl KafkaLog {
     ) -> Result<()> {
         let producer = self.producer();
         let result = self.produce_with(&producer, partition, part_id, claims).await;
-        if let Err(error) = &result {
-            tracing::warn!(%error, "a Kafka delivery failed; using a new producer");
+        if let Err(Failure::Delivery(error)) = &result
+            && needs_new_producer(&producer, error)
+        {
+            tracing::warn!(%error, "the Kafka producer cannot go on; using a new one");
             self.renew(&producer);
         }
-        result
+        result.map_err(|failure| failure.into_error(&self.options))
     }
 
     async fn produce_with(
@@ -332,7 +336,7 @@ impl KafkaLog {
         partition: u32,
         part_id: PartId,
         claims: &[(&crate::NewEvent, u64)],
-    ) -> Result<()> {
+    ) -> std::result::Result<(), Failure> {
         let part_hex = hex(&part_id);
         let count = claims.len();
         let mut deliveries = Vec::with_capacity(count);
@@ -349,14 +353,21 @@ impl KafkaLog {
                 position: None,
                 event: event.event.clone(),
             };
-            let value = serde_json::to_vec(&envelope)
-                .map_err(|e| Error::Invalid(format!("cannot encode event {}: {e}", event.id)))?;
-            // The record as every reader will decode it.
+            let value = serde_json::to_vec(&envelope).map_err(|e| {
+                Failure::Other(Error::Invalid(format!("cannot encode event {}: {e}", event.id)))
+            })?;
+            // The record exactly as every reader will decode it.
+            let stored = decode_event(&value, partition).ok_or_else(|| {
+                Failure::Other(Error::Invalid(format!(
+                    "event {} does not read back as written",
+                    event.id
+                )))
+            })?;
             records.push(Record {
                 part: part_id,
                 index: index as u32,
                 count: count as u32,
-                event: stored_claim(&envelope, partition),
+                event: stored,
             });
             let key = stream_key(event.tenant, &event.stream);
             let place = format!("{index}/{count}");
@@ -369,9 +380,8 @@ impl KafkaLog {
                 .payload(&value)
                 .headers(headers);
             // Enqueued in order; the idempotent producer keeps that order.
-            let delivery = producer
-                .send_result(record)
-                .map_err(|(error, _)| unavailable(&self.options, &error))?;
+            let delivery =
+                producer.send_result(record).map_err(|(error, _)| Failure::Delivery(error))?;
             deliveries.push(delivery);
         }
         for (delivery, record) in deliveries.into_iter().zip(records) {
@@ -381,8 +391,8 @@ impl KafkaLog {
                     let decided = arbiter.offer_own(delivered.offset, record);
                     self.shared.settle(partition, &arbiter, decided);
                 }
-                Ok(Err((error, _))) => return Err(unavailable(&self.options, &error)),
-                Err(_) => return Err(Error::Closed),
+                Ok(Err((error, _))) => return Err(Failure::Delivery(error)),
+                Err(_) => return Err(Failure::Other(Error::Closed)),
             }
         }
         Ok(())
@@ -396,6 +406,44 @@ fn unavailable(options: &KafkaOptions, error: &dyn std::fmt::Display) -> Error {
     ))
 }
 
+/// Why producing a part failed.
+enum Failure {
+    /// The producer could not deliver: some records may be written, so the
+    /// append may yet be accepted.
+    Delivery(rdkafka::error::KafkaError),
+    Other(Error),
+}
+
+impl Failure {
+    fn into_error(self, options: &KafkaOptions) -> Error {
+        match self {
+            Failure::Delivery(error) => Error::Unavailable(format!(
+                "Kafka broker at {} did not confirm the append ({error}); it may or may not be \
+                 stored: retry it with the same event ids",
+                options.brokers
+            )),
+            Failure::Other(error) => error,
+        }
+    }
+}
+
+/// Whether `producer` must be replaced after `error`: it failed for good,
+/// or a message timed out, after which librdkafka bumps the idempotent
+/// producer's epoch and tansu fences it. A full queue is not a reason.
+fn needs_new_producer(producer: &FutureProducer, error: &rdkafka::error::KafkaError) -> bool {
+    producer.client().fatal_error().is_some()
+        || matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::MessageTimedOut
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            )
+        )
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -407,11 +455,16 @@ fn hex(bytes: &[u8]) -> String {
 /// Creates the topic if it is missing; returns its partition count.
 async fn ensure_topic(options: &KafkaOptions, config: &ClientConfig) -> Result<u32, String> {
     let admin: AdminClient<DefaultClientContext> = config.create().map_err(|e| e.to_string())?;
+    // The log is the source of truth: nothing may age out of it, or an
+    // instance reading it from the start would decide differently.
     let topic = NewTopic::new(
         &options.topic,
         options.partitions as i32,
         TopicReplication::Fixed(options.replication),
-    );
+    )
+    .set("retention.ms", "-1")
+    .set("retention.bytes", "-1")
+    .set("cleanup.policy", "delete");
     let admin_options = AdminOptions::new()
         .operation_timeout(Some(options.timeout))
         .request_timeout(Some(options.timeout));
@@ -460,11 +513,19 @@ async fn high_watermarks(
     tokio::task::spawn_blocking(move || {
         (0..partitions)
             .map(|p| {
-                producer
+                let (low, high) = producer
                     .client()
                     .fetch_watermarks(&topic, p as i32, timeout)
-                    .map(|(_, high)| high)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                // Every instance must read each partition from its first
+                // record, or they would decide differently.
+                if low > 0 {
+                    return Err(format!(
+                        "partition {p} of {topic} starts at offset {low}: the records before it \
+                         were deleted (retention or compaction), and the log needs all of them"
+                    ));
+                }
+                Ok(high)
             })
             .collect()
     })
@@ -539,7 +600,6 @@ struct RawEnvelope {
 }
 
 fn decode(message: &impl Message, partition: u32) -> Option<Record> {
-    let raw: RawEnvelope = serde_json::from_slice(message.payload()?).ok()?;
     let headers = message.headers()?;
     let mut part = None;
     let mut place = None;
@@ -554,7 +614,20 @@ fn decode(message: &impl Message, partition: u32) -> Option<Record> {
     let part = unhex(&part?)?;
     let (index, count) =
         place?.split_once('/').and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)))?;
-    let event = StoredEvent {
+    // Any client can write the topic: a count no append of ours has is
+    // not a Spool record (and must not size an allocation).
+    if count == 0 || count > MAX_PART_RECORDS || index >= count {
+        return None;
+    }
+    let event = decode_event(message.payload()?, partition)?;
+    Some(Record { part, index, count, event })
+}
+
+/// A record's value as every reader stores it: both the follower and a
+/// writer applying its own records go through here, so they cannot differ.
+fn decode_event(payload: &[u8], partition: u32) -> Option<StoredEvent> {
+    let raw: RawEnvelope = serde_json::from_slice(payload).ok()?;
+    Some(StoredEvent {
         partition,
         position: Position::ZERO,
         id: raw.id,
@@ -567,28 +640,7 @@ fn decode(message: &impl Message, partition: u32) -> Option<Record> {
         type_name: raw.type_name,
         version: raw.v,
         data: raw.data.to_string(),
-    };
-    Some(Record { part, index, count, event })
-}
-
-/// The event of a record this instance produced, exactly as [`decode`]
-/// will read it back (times to the microsecond, the payload as parsed JSON
-/// written again), so that its own records and read ones decide alike.
-fn stored_claim(envelope: &Envelope, partition: u32) -> StoredEvent {
-    StoredEvent {
-        partition,
-        position: Position::ZERO,
-        id: envelope.id,
-        tenant: envelope.tenant,
-        stream: envelope.stream.clone(),
-        stream_version: envelope.stream_version,
-        recorded_at: envelope.recorded_at.trunc_subsecs(6),
-        causation_id: envelope.causation_id,
-        correlation_id: envelope.correlation_id,
-        type_name: envelope.event.type_name().to_owned(),
-        version: envelope.event.version(),
-        data: envelope.event.data_value().to_string(),
-    }
+    })
 }
 
 fn unhex(text: &str) -> Option<PartId> {
