@@ -172,17 +172,31 @@ impl KafkaLog {
     }
 
     /// Waits until the follower has applied `partition` up to `offset`.
+    /// Fails only when reading makes no progress for a whole timeout, so a
+    /// long log takes as long as it takes to replay at open.
     async fn caught_up(&self, partition: u32, offset: i64) -> Result<()> {
         let mut applied = self.shared.applied[partition as usize].subscribe();
-        let reached =
-            tokio::time::timeout(self.options.timeout, applied.wait_for(|&at| at >= offset));
-        match reached.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(Error::Closed),
-            Err(_) => Err(Error::Unavailable(format!(
-                "Kafka broker at {}: partition {partition} of {} was not read to offset {offset} in {:?}",
-                self.options.brokers, self.options.topic, self.options.timeout
-            ))),
+        loop {
+            let before = *applied.borrow();
+            let reached =
+                tokio::time::timeout(self.options.timeout, applied.wait_for(|&at| at >= offset))
+                    .await
+                    .map(|result| result.is_ok());
+            match reached {
+                Ok(true) => return Ok(()),
+                Ok(false) => return Err(Error::Closed),
+                Err(_) if *applied.borrow() > before => continue,
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "Kafka broker at {}: reading partition {partition} of {} stalled at \
+                         offset {} of {offset} for {:?}",
+                        self.options.brokers,
+                        self.options.topic,
+                        *applied.borrow(),
+                        self.options.timeout
+                    )));
+                }
+            }
         }
     }
 
