@@ -119,15 +119,7 @@ impl Config {
                 };
                 Ok(log)
             }
-            LogTarget::Kafka(options) => {
-                let log = KafkaLog::open(options.clone()).await.with_context(|| {
-                    format!(
-                        "cannot open the event log in Kafka topic {} at {}",
-                        options.topic, options.brokers
-                    )
-                })?;
-                Ok(Arc::new(log))
-            }
+            LogTarget::Kafka(options) => Ok(open_kafka(options).await?),
         }
     }
 
@@ -145,6 +137,14 @@ impl Config {
             .await
             .with_context(|| format!("cannot open the read models at {shown}"))
     }
+}
+
+/// Opens the log in Kafka, saying where on failure.
+pub(crate) async fn open_kafka(options: &KafkaOptions) -> anyhow::Result<Arc<KafkaLog>> {
+    let log = KafkaLog::open(options.clone()).await.with_context(|| {
+        format!("cannot open the event log in Kafka topic {} at {}", options.topic, options.brokers)
+    })?;
+    Ok(Arc::new(log))
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

@@ -22,12 +22,12 @@ use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spool_api::commands;
 use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions};
-use spool_log::{Append, Cursor, Filter, KafkaLog, Log, SqliteOptions, TypeFilter};
+use spool_log::{Append, Cursor, Filter, Log, SqliteOptions, TypeFilter};
 use spool_projections::{CurrentRunner, Runner, RunnerHandle, RunnerOptions, Views};
 use spool_schemas::{Payload, TenantCreated};
 use tokio::sync::watch;
 
-use crate::config::{Config, DEFAULT_LISTEN, LogTarget, ViewsTarget};
+use crate::config::{self, Config, DEFAULT_LISTEN, LogTarget, ViewsTarget};
 use crate::datadir::DataDir;
 use crate::lease;
 
@@ -68,12 +68,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
                 .with_context(|| format!("cannot open {}", data_dir.log_path().display()))?,
         ),
         LogTarget::Kafka(options) => {
-            let log = Arc::new(KafkaLog::open(options.clone()).await.with_context(|| {
-                format!(
-                    "cannot open the event log in Kafka topic {} at {}",
-                    options.topic, options.brokers
-                )
-            })?);
+            let log = config::open_kafka(options).await?;
             kafka = Some(log.clone());
             log
         }
