@@ -153,23 +153,7 @@ impl Log for MemoryLog {
     ) -> Result<ReadBatch> {
         let state = self.lock();
         let events = state.partitions.get(partition as usize).ok_or_else(|| no_such(partition))?;
-        let end = after.0.saturating_add(READ_WINDOW).min(events.len() as u64);
-        let mut batch = ReadBatch { events: Vec::new(), scanned_to: Position(end.max(after.0)) };
-        for event in events.iter().skip(after.0 as usize).take(end.saturating_sub(after.0) as usize)
-        {
-            if batch.events.len() == limit {
-                break;
-            }
-            if filter.matches(event) {
-                batch.events.push(event.clone());
-            }
-        }
-        if batch.events.len() == limit
-            && let Some(last) = batch.events.last()
-        {
-            batch.scanned_to = last.position;
-        }
-        Ok(batch)
+        Ok(read_window(events, after, limit, filter))
     }
 
     async fn read_stream(
@@ -201,6 +185,33 @@ impl Log for MemoryLog {
         self.lock().closed = true;
         Ok(())
     }
+}
+
+/// One read of a partition held in memory, where position `n` is at index
+/// `n - 1`: at most [`READ_WINDOW`] positions examined, as every backend's
+/// `read` does.
+pub(crate) fn read_window(
+    events: &[StoredEvent],
+    after: Position,
+    limit: usize,
+    filter: &Filter,
+) -> ReadBatch {
+    let end = after.0.saturating_add(READ_WINDOW).min(events.len() as u64);
+    let mut batch = ReadBatch { events: Vec::new(), scanned_to: Position(end.max(after.0)) };
+    for event in events.iter().skip(after.0 as usize).take(end.saturating_sub(after.0) as usize) {
+        if batch.events.len() == limit {
+            break;
+        }
+        if filter.matches(event) {
+            batch.events.push(event.clone());
+        }
+    }
+    if batch.events.len() == limit
+        && let Some(last) = batch.events.last()
+    {
+        batch.scanned_to = last.position;
+    }
+    batch
 }
 
 fn no_such(partition: u32) -> Error {

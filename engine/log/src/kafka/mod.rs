@@ -46,8 +46,6 @@ use crate::{
 
 use arbiter::{Arbiter, Outcome, PartId, Record};
 
-/// How many positions one [`Log::read`] examines at most.
-const READ_WINDOW: u64 = 10_000;
 /// Header naming the append part a record belongs to.
 const PART_HEADER: &str = "spool-part";
 /// Header giving the record's place in its part, `index/count`.
@@ -713,24 +711,7 @@ impl Log for KafkaLog {
             return Err(Error::Invalid(format!("partition {partition} does not exist")));
         };
         let arbiter = lock(arbiter);
-        let events = arbiter.events();
-        let end = after.0.saturating_add(READ_WINDOW).min(events.len() as u64);
-        let mut batch = ReadBatch { events: Vec::new(), scanned_to: Position(end.max(after.0)) };
-        for event in events.iter().skip(after.0 as usize).take(end.saturating_sub(after.0) as usize)
-        {
-            if batch.events.len() == limit {
-                break;
-            }
-            if filter.matches(event) {
-                batch.events.push(event.clone());
-            }
-        }
-        if batch.events.len() == limit
-            && let Some(last) = batch.events.last()
-        {
-            batch.scanned_to = last.position;
-        }
-        Ok(batch)
+        Ok(crate::memory::read_window(arbiter.events(), after, limit, filter))
     }
 
     async fn read_stream(
