@@ -67,7 +67,18 @@ pub(crate) async fn join(
         let mut ticks = tokio::time::interval(TICK);
         loop {
             ticks.tick().await;
-            let Err(error) = leases.rebalance(&wanted_sender, &running).await else { continue };
+            // A query that hangs (a peer gone without closing the socket)
+            // counts as a failure too: the locks may be gone with it.
+            let error = match tokio::time::timeout(
+                QUERY_TIMEOUT,
+                leases.rebalance(&wanted_sender, &running),
+            )
+            .await
+            {
+                Ok(Ok(())) => continue,
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer from PostgreSQL in {QUERY_TIMEOUT:?}"),
+            };
             // The session, and with it the locks, may be gone. Stop
             // projecting first, so that whoever takes the partitions over
             // does not overlap with this instance; then join again.
@@ -89,6 +100,10 @@ pub(crate) async fn join(
     });
     Ok(PartitionLeases { wanted, task })
 }
+
+/// How long one round of lease queries may take before the session is
+/// taken for lost.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a failed member waits for its runner to stop before it lets
 /// its locks go anyway.
