@@ -50,6 +50,13 @@ pub enum Error {
     Closed,
 }
 
+impl Error {
+    /// A read of a partition the log does not have.
+    pub(crate) fn no_partition(partition: u32) -> Error {
+        Error::Invalid(format!("partition {partition} does not exist"))
+    }
+}
+
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
         Error::Storage(Arc::new(error))

@@ -133,13 +133,7 @@ impl Log for MemoryLog {
         drop(state);
         // Outside the lock a later append may publish first: never go back.
         for (partition, head) in grown {
-            self.heads[partition as usize].send_if_modified(|current| {
-                let grew = Position(head) > *current;
-                if grew {
-                    *current = Position(head);
-                }
-                grew
-            });
+            crate::tail::advance_head(&self.heads[partition as usize], Position(head));
         }
         Ok(results.into_iter().map(|result| result.expect("every event was planned")).collect())
     }
@@ -152,7 +146,10 @@ impl Log for MemoryLog {
         filter: &Filter,
     ) -> Result<ReadBatch> {
         let state = self.lock();
-        let events = state.partitions.get(partition as usize).ok_or_else(|| no_such(partition))?;
+        let events = state
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| Error::no_partition(partition))?;
         Ok(read_window(events, after, limit, filter))
     }
 
@@ -168,8 +165,7 @@ impl Log for MemoryLog {
             return Ok(Vec::new());
         };
         let events = &state.partitions[partition_for(tenant, stream, self.partitions()) as usize];
-        let skip = from_version.saturating_sub(1) as usize;
-        Ok(indexes.iter().skip(skip).take(limit).map(|&i| events[i].clone()).collect())
+        Ok(stream_window(events, indexes, from_version, limit))
     }
 
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {
@@ -185,6 +181,18 @@ impl Log for MemoryLog {
         self.lock().closed = true;
         Ok(())
     }
+}
+
+/// The events of one stream from `from_version`, given the indexes of its
+/// events (version `v` at `indexes[v - 1]`) in a partition held in memory.
+pub(crate) fn stream_window(
+    events: &[StoredEvent],
+    indexes: &[usize],
+    from_version: u64,
+    limit: usize,
+) -> Vec<StoredEvent> {
+    let skip = from_version.saturating_sub(1) as usize;
+    indexes.iter().skip(skip).take(limit).map(|&i| events[i].clone()).collect()
 }
 
 /// One read of a partition held in memory, where position `n` is at index
@@ -212,10 +220,6 @@ pub(crate) fn read_window(
         batch.scanned_to = last.position;
     }
     batch
-}
-
-fn no_such(partition: u32) -> Error {
-    Error::Invalid(format!("partition {partition} does not exist"))
 }
 
 use crate::Appended;

@@ -10,6 +10,18 @@ use tokio::sync::watch;
 
 use crate::{Cursor, Filter, Log, Result, StoredEvent};
 
+/// Moves `head` to `to` if that is further: publishers that race (outside
+/// a lock, or several processes) must never move a head back.
+pub(crate) fn advance_head(head: &watch::Sender<Position>, to: Position) {
+    head.send_if_modified(|current| {
+        let grew = to > *current;
+        if grew {
+            *current = to;
+        }
+        grew
+    });
+}
+
 /// How many events one read fetches while catching up.
 const TAIL_BATCH: usize = 1_000;
 

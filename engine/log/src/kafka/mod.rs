@@ -574,12 +574,7 @@ impl Shared {
     /// Publishes what `arbiter` (locked) now holds and answers the appends
     /// whose parts were `decided`.
     fn settle(&self, partition: u32, arbiter: &Arbiter, decided: Vec<(PartId, Outcome)>) {
-        let head = arbiter.head();
-        self.heads[partition as usize].send_if_modified(|current| {
-            let grew = head > *current;
-            *current = head.max(*current);
-            grew
-        });
+        crate::tail::advance_head(&self.heads[partition as usize], arbiter.head());
         self.applied[partition as usize].send_replace(arbiter.next_offset());
         if decided.is_empty() {
             return;
@@ -708,7 +703,7 @@ impl Log for KafkaLog {
         filter: &Filter,
     ) -> Result<ReadBatch> {
         let Some(arbiter) = self.shared.arbiters.get(partition as usize) else {
-            return Err(Error::Invalid(format!("partition {partition} does not exist")));
+            return Err(Error::no_partition(partition));
         };
         let arbiter = lock(arbiter);
         Ok(crate::memory::read_window(arbiter.events(), after, limit, filter))
@@ -726,8 +721,7 @@ impl Log for KafkaLog {
         let Some(indexes) = arbiter.stream_indexes(tenant, stream) else {
             return Ok(Vec::new());
         };
-        let skip = from_version.saturating_sub(1) as usize;
-        Ok(indexes.iter().skip(skip).take(limit).map(|&i| arbiter.events()[i].clone()).collect())
+        Ok(crate::memory::stream_window(arbiter.events(), indexes, from_version, limit))
     }
 
     async fn find(&self, id: EventId) -> Result<Option<StoredEvent>> {

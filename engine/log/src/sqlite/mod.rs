@@ -283,13 +283,7 @@ async fn poll_foreign_appends(pool: SqlitePool, poll: ForeignPoll, every: Durati
         {
             continue;
         }
-        poll.head.send_if_modified(|current| {
-            let grew = position > *current;
-            if grew {
-                *current = position;
-            }
-            grew
-        });
+        crate::tail::advance_head(&poll.head, position);
     }
 }
 
@@ -327,7 +321,7 @@ impl Log for SqliteLog {
         filter: &Filter,
     ) -> Result<ReadBatch> {
         if partition != 0 {
-            return Err(Error::Invalid(format!("partition {partition} does not exist")));
+            return Err(Error::no_partition(partition));
         }
         // Everything at or below the head is committed, so bounding the
         // query by it never skips an event a later read would miss.

@@ -97,13 +97,7 @@ pub(super) async fn run(
         let error = match synced {
             Ok(()) => {
                 let newest = groups.iter().map(|group| group.head).max().unwrap_or_default();
-                head.send_if_modified(|current| {
-                    let grew = newest > *current;
-                    if grew {
-                        *current = newest;
-                    }
-                    grew
-                });
+                crate::tail::advance_head(&head, newest);
                 None
             }
             Err(error) => {
