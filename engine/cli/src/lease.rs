@@ -157,11 +157,16 @@ impl Leases {
         // Beyond the share: stop wanting the highest, and release each once
         // the runner has stopped projecting it.
         let mut want: BTreeSet<u32> = self.held.iter().copied().take(share).collect();
-        let running = running.borrow().clone();
-        for &partition in self.held.clone().iter().filter(|p| !want.contains(p)) {
-            if !running.contains(&partition) {
-                self.unlock(partition).await?;
-            }
+        let released: Vec<u32> = {
+            let running = running.borrow();
+            self.held
+                .iter()
+                .copied()
+                .filter(|p| !want.contains(p) && !running.contains(p))
+                .collect()
+        };
+        for partition in released {
+            self.unlock(partition).await?;
         }
         // Below the share: take free partitions.
         for partition in 0..self.partitions {

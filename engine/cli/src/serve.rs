@@ -360,11 +360,11 @@ async fn supervise(
         }
         // Nothing to run (no partitions, or a runner that failed, whose
         // failure is recorded): wait for a new assignment or the end.
-        let group_gone = tokio::select! {
+        let leases_gone = tokio::select! {
             changed = owned.changed() => changed.is_err(),
             _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
         };
-        if group_gone {
+        if leases_gone {
             // Only the end can come now.
             let _ = stop.wait_for(|stopped| *stopped).await;
             return Ok(());
