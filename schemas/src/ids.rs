@@ -140,6 +140,31 @@ impl TenantId {
     /// The tenant that owns what belongs to no customer, such as the
     /// `api.call` records of requests that presented no valid key.
     pub const SYSTEM: TenantId = TenantId(Uuid::nil());
+
+    /// The sandbox twin of a live tenant: where its test-mode data lives
+    /// (`spk_test_` keys, their events, their usage). It is the same UUID
+    /// with version 8 instead of 7, so the mode is read off the id itself,
+    /// a twin maps back to its live tenant, and test-mode data can never
+    /// share a tenant with live data. The twin of a twin is itself.
+    pub fn test_twin(self) -> TenantId {
+        self.with_version(8)
+    }
+
+    /// The live tenant of a sandbox twin; a live tenant is its own.
+    pub fn live(self) -> TenantId {
+        if self.is_test() { self.with_version(7) } else { self }
+    }
+
+    /// Whether this is a sandbox twin (test mode).
+    pub fn is_test(self) -> bool {
+        self.0.get_version_num() == 8
+    }
+
+    fn with_version(self, version: u8) -> TenantId {
+        let mut bytes = *self.0.as_bytes();
+        bytes[6] = (bytes[6] & 0x0f) | (version << 4);
+        TenantId(Uuid::from_bytes(bytes))
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +189,18 @@ mod tests {
         assert!(error.to_string().contains("evt_"));
         assert!("evt_xyz".parse::<EventId>().is_err());
         assert!("evt_0123456789abcdef0123456789abcdeg".parse::<EventId>().is_err());
+    }
+
+    #[test]
+    fn a_test_twin_is_its_own_tenant_and_maps_back_to_the_live_one() {
+        let live = TenantId::new();
+        let twin = live.test_twin();
+        assert_ne!(twin, live);
+        assert!(twin.is_test() && !live.is_test());
+        assert_eq!(twin.live(), live);
+        assert_eq!(live.live(), live);
+        assert_eq!(twin.test_twin(), twin);
+        assert_eq!(twin.to_string().parse::<TenantId>().unwrap(), twin);
     }
 
     #[test]
