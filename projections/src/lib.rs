@@ -7,7 +7,8 @@
 //! store. A changed version is rebuilt from position zero of every
 //! partition into new tables (`{table}_g{n}`) while the old ones serve,
 //! then swapped in by repointing the `{table}` views. Typed queries of the
-//! built-in read models live in [`event_counts`] and [`auth`].
+//! built-in read models live in [`event_counts`], [`auth`], [`usage`], [`oauth`] and
+//! [`rate_limits`].
 //!
 //! **Invariant:** projections never read the clock, the network or anything
 //! but their events and tables; rebuilding from zero gives the same rows,
@@ -24,6 +25,10 @@ mod views;
 
 pub mod auth;
 pub mod event_counts;
+pub mod idempotency;
+pub mod oauth;
+pub mod rate_limits;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -36,7 +41,13 @@ pub use views::{Backend, Connection, Database, Location, Views};
 
 /// Every built-in projection, as the server runs them.
 pub fn builtin() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(event_counts::EventCounts), Arc::new(auth::Auth)]
+    vec![
+        Arc::new(event_counts::EventCounts),
+        Arc::new(auth::Auth),
+        Arc::new(usage::Usage),
+        Arc::new(oauth::OAuth),
+        Arc::new(rate_limits::RateLimits),
+    ]
 }
 
 /// The built-in projection named `name`.

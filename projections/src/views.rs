@@ -178,6 +178,8 @@ impl Views {
             .await?;
         let views = Views { pool, backend, writer: Arc::new(Mutex::new(())) };
         registry::create(&views).await?;
+        // Not a projection: a plain table the API keeps (see `idempotency`).
+        crate::idempotency::create(&views).await?;
         for projection in crate::builtin() {
             registry::install(&views, projection.as_ref()).await?;
         }

@@ -20,6 +20,13 @@ async fn basic() {
     check("basic.jsonl", expect_file!["../snapshots/basic.txt"]).await;
 }
 
+/// A live tenant with a test-mode key in its sandbox twin, rolled twice
+/// (once with a grace period, once without), then revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys() {
+    check("keys.jsonl", expect_file!["../snapshots/keys.txt"]).await;
+}
+
 /// Folds `logs/{log_name}` by rebuild and by the live runner, requires both
 /// to agree, and compares the read models with `expect`.
 async fn check(log_name: &str, expect: ExpectFile) {
@@ -113,26 +120,33 @@ async fn dump(views: &Views) -> String {
         writeln!(out, "{tenant} {name:?} {created_at}").unwrap();
     }
 
-    type KeyRow = (String, String, String, String, String, Option<String>, i64, String);
+    type KeyRow = (String, String, String, String, Option<String>, i64, String);
     let rows: Vec<KeyRow> = sqlx::query_as(
-        "SELECT key_id, tenant, name, secret_hash, scopes, expires_at, revoked, created_at \
+        "SELECT key_id, tenant, name, scopes, expires_at, revoked, created_at \
          FROM auth_keys ORDER BY key_id",
     )
     .fetch_all(views.pool())
     .await
     .expect("auth_keys");
-    writeln!(
-        out,
-        "\n# auth_keys: key_id tenant name secret_hash scopes expires_at revoked created_at"
-    )
-    .unwrap();
-    for (key_id, tenant, name, hash, scopes, expires_at, revoked, created_at) in rows {
-        let expires_at = expires_at.as_deref().unwrap_or("never");
-        writeln!(
-            out,
-            "{key_id} {tenant} {name:?} {hash} {scopes:?} {expires_at} {revoked} {created_at}"
-        )
+    writeln!(out, "\n# auth_keys: key_id tenant name scopes expires_at revoked created_at")
         .unwrap();
+    for (key_id, tenant, name, scopes, expires_at, revoked, created_at) in rows {
+        let expires_at = expires_at.as_deref().unwrap_or("never");
+        writeln!(out, "{key_id} {tenant} {name:?} {scopes:?} {expires_at} {revoked} {created_at}")
+            .unwrap();
+    }
+
+    let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT secret_hash, key_id, expires_at, created_at FROM auth_key_secrets \
+         ORDER BY key_id, created_at, secret_hash",
+    )
+    .fetch_all(views.pool())
+    .await
+    .expect("auth_key_secrets");
+    writeln!(out, "\n# auth_key_secrets: secret_hash key_id expires_at created_at").unwrap();
+    for (hash, key_id, expires_at, created_at) in rows {
+        let expires_at = expires_at.as_deref().unwrap_or("with-key");
+        writeln!(out, "{hash} {key_id} {expires_at} {created_at}").unwrap();
     }
     out
 }

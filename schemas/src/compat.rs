@@ -27,6 +27,14 @@ pub(crate) fn upgrade(
                 }
                 object
             }
+            // api.call v1 predates OAuth: only API keys authenticated.
+            ("api.call", 1) => {
+                let mut object = data;
+                if let Some(map) = object.as_object_mut() {
+                    map.insert("client_id".into(), Value::Null);
+                }
+                object
+            }
             _ => {
                 return Err(DecodeError::NoUpgrade { type_name: type_name.to_owned(), version });
             }
@@ -50,6 +58,16 @@ mod tests {
         };
         assert_eq!(scopes, vec![Scope::Admin]);
         assert_eq!(expires_at, None);
+    }
+
+    #[test]
+    fn a_v1_api_call_reads_as_a_call_without_an_oauth_client() {
+        let v1 =
+            r#"{"key_id":null,"method":"GET","route":"/v1/events","status":401,"latency_us":95}"#;
+        let Event::ApiCall(call) = Event::decode("api.call", 1, v1).unwrap() else {
+            panic!("not an api.call");
+        };
+        assert_eq!((call.key_id, call.client_id, call.status), (None, None, 401));
     }
 
     #[test]

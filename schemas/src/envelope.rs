@@ -158,6 +158,7 @@ mod tests {
         }));
         let call = envelope(Event::ApiCall(ApiCall {
             key_id: None,
+            client_id: None,
             method: "POST".into(),
             route: "/v1/events".into(),
             status: 401,

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::compat;
-use crate::ids::KeyId;
+use crate::ids::{ClientId, KeyId, SigningKeyId, TokenId};
 use crate::names::{AppEventType, Scope};
+use crate::rate_limits::{RateLimitKeyAssigned, RateLimitKeyLimitSet, RateLimitTierSet};
 
 /// A Spool payload: its dotted type name and current version.
 pub trait Payload: Serialize + DeserializeOwned + JsonSchema {
@@ -40,6 +41,21 @@ pub struct KeyCreated {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// An API key got a new secret. Its earlier secrets keep working until
+/// `previous_secrets_expire_at` (the end of the grace period the caller
+/// asked for; an earlier end an old secret already had stays), so clients
+/// can move to the new secret without downtime. Only the SHA-256 of the new
+/// secret is recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRolled {
+    pub key_id: KeyId,
+    /// Lowercase hex SHA-256 of the whole new key text.
+    pub secret_hash: String,
+    /// When every earlier secret of the key stops authenticating.
+    pub previous_secrets_expire_at: DateTime<Utc>,
+}
+
 /// An API key stopped being valid.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -51,13 +67,74 @@ pub struct KeyRevoked {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiCall {
-    /// The key that authenticated the request; absent when none did.
+    /// The API key that authenticated the request; absent when none did
+    /// (no valid credential, or an OAuth access token).
     pub key_id: Option<KeyId>,
+    /// The OAuth client whose access token authenticated the request.
+    pub client_id: Option<ClientId>,
     pub method: String,
     /// The route template, such as `/v1/events/{id}`, never the raw path.
     pub route: String,
     pub status: u16,
     pub latency_us: u64,
+}
+
+/// An OAuth 2.0 client was registered for the client credentials grant.
+/// Only the SHA-256 of its secret is recorded. Stream `oauth/<client_id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientCreated {
+    pub client_id: ClientId,
+    pub name: String,
+    /// Lowercase hex SHA-256 of the whole client secret.
+    pub secret_hash: String,
+    /// What its tokens may carry; a token request may ask for fewer.
+    pub scopes: Vec<Scope>,
+}
+
+/// An OAuth client was deleted: it gets no more tokens, and the tokens it
+/// holds stop working. Stream `oauth/<client_id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientDeleted {
+    pub client_id: ClientId,
+}
+
+/// A server instance published the public half of a key it signs access
+/// tokens with; the private half never leaves that instance's memory.
+/// Tenant: the system tenant. Stream `oauth/<kid>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSigningKeyPublished {
+    pub kid: SigningKeyId,
+    pub jwk: PublicJwk,
+    /// The instance signs nothing with the key from this instant on.
+    pub signs_until: DateTime<Utc>,
+    /// Every token the key signed has expired by then (`signs_until` plus
+    /// the token lifetime), so verifiers may forget the key.
+    pub verify_until: DateTime<Utc>,
+}
+
+/// The public part of a signing key as a JSON Web Key (RFC 7517, RFC 8037):
+/// `{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "x": <base64url>}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublicJwk {
+    pub kty: String,
+    pub crv: String,
+    pub alg: String,
+    /// The public key, base64url without padding.
+    pub x: String,
+}
+
+/// An access token was revoked before it expired. Only its id and expiry
+/// are recorded, never its text. Stream: its client's `oauth/<client_id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthTokenRevoked {
+    pub jti: TokenId,
+    /// The token's own expiry; past it, the revocation no longer matters.
+    pub exp: DateTime<Utc>,
 }
 
 /// An event a customer sent: their own type name and JSON body.
@@ -78,6 +155,11 @@ impl Payload for KeyCreated {
     const VERSION: u32 = 2;
 }
 
+impl Payload for KeyRolled {
+    const TYPE: &'static str = "key.rolled";
+    const VERSION: u32 = 1;
+}
+
 impl Payload for KeyRevoked {
     const TYPE: &'static str = "key.revoked";
     const VERSION: u32 = 1;
@@ -85,6 +167,27 @@ impl Payload for KeyRevoked {
 
 impl Payload for ApiCall {
     const TYPE: &'static str = "api.call";
+    // v1 had no client_id; see `compat`.
+    const VERSION: u32 = 2;
+}
+
+impl Payload for OAuthClientCreated {
+    const TYPE: &'static str = "oauth.client_created";
+    const VERSION: u32 = 1;
+}
+
+impl Payload for OAuthClientDeleted {
+    const TYPE: &'static str = "oauth.client_deleted";
+    const VERSION: u32 = 1;
+}
+
+impl Payload for OAuthSigningKeyPublished {
+    const TYPE: &'static str = "oauth.signing_key_published";
+    const VERSION: u32 = 1;
+}
+
+impl Payload for OAuthTokenRevoked {
+    const TYPE: &'static str = "oauth.token_revoked";
     const VERSION: u32 = 1;
 }
 
@@ -97,8 +200,16 @@ pub const APP_EVENT_VERSION: u32 = 1;
 pub enum Event {
     TenantCreated(TenantCreated),
     KeyCreated(KeyCreated),
+    KeyRolled(KeyRolled),
     KeyRevoked(KeyRevoked),
     ApiCall(ApiCall),
+    OAuthClientCreated(OAuthClientCreated),
+    OAuthClientDeleted(OAuthClientDeleted),
+    OAuthSigningKeyPublished(OAuthSigningKeyPublished),
+    OAuthTokenRevoked(OAuthTokenRevoked),
+    RateLimitTierSet(RateLimitTierSet),
+    RateLimitKeyAssigned(RateLimitKeyAssigned),
+    RateLimitKeyLimitSet(RateLimitKeyLimitSet),
     App(AppEvent),
 }
 
@@ -122,15 +233,35 @@ pub enum DecodeError {
 
 impl Event {
     /// The type names of Spool's own payloads, for schema generation and docs.
-    pub const SPOOL_TYPES: [&'static str; 4] =
-        [TenantCreated::TYPE, KeyCreated::TYPE, KeyRevoked::TYPE, ApiCall::TYPE];
+    pub const SPOOL_TYPES: [&'static str; 12] = [
+        TenantCreated::TYPE,
+        KeyCreated::TYPE,
+        KeyRolled::TYPE,
+        KeyRevoked::TYPE,
+        ApiCall::TYPE,
+        OAuthClientCreated::TYPE,
+        OAuthClientDeleted::TYPE,
+        OAuthSigningKeyPublished::TYPE,
+        OAuthTokenRevoked::TYPE,
+        RateLimitTierSet::TYPE,
+        RateLimitKeyAssigned::TYPE,
+        RateLimitKeyLimitSet::TYPE,
+    ];
 
     pub fn type_name(&self) -> &str {
         match self {
             Event::TenantCreated(_) => TenantCreated::TYPE,
             Event::KeyCreated(_) => KeyCreated::TYPE,
+            Event::KeyRolled(_) => KeyRolled::TYPE,
             Event::KeyRevoked(_) => KeyRevoked::TYPE,
             Event::ApiCall(_) => ApiCall::TYPE,
+            Event::OAuthClientCreated(_) => OAuthClientCreated::TYPE,
+            Event::OAuthClientDeleted(_) => OAuthClientDeleted::TYPE,
+            Event::OAuthSigningKeyPublished(_) => OAuthSigningKeyPublished::TYPE,
+            Event::OAuthTokenRevoked(_) => OAuthTokenRevoked::TYPE,
+            Event::RateLimitTierSet(_) => RateLimitTierSet::TYPE,
+            Event::RateLimitKeyAssigned(_) => RateLimitKeyAssigned::TYPE,
+            Event::RateLimitKeyLimitSet(_) => RateLimitKeyLimitSet::TYPE,
             Event::App(app) => app.event_type.as_str(),
         }
     }
@@ -139,8 +270,16 @@ impl Event {
         match self {
             Event::TenantCreated(_) => TenantCreated::VERSION,
             Event::KeyCreated(_) => KeyCreated::VERSION,
+            Event::KeyRolled(_) => KeyRolled::VERSION,
             Event::KeyRevoked(_) => KeyRevoked::VERSION,
             Event::ApiCall(_) => ApiCall::VERSION,
+            Event::OAuthClientCreated(_) => OAuthClientCreated::VERSION,
+            Event::OAuthClientDeleted(_) => OAuthClientDeleted::VERSION,
+            Event::OAuthSigningKeyPublished(_) => OAuthSigningKeyPublished::VERSION,
+            Event::OAuthTokenRevoked(_) => OAuthTokenRevoked::VERSION,
+            Event::RateLimitTierSet(_) => RateLimitTierSet::VERSION,
+            Event::RateLimitKeyAssigned(_) => RateLimitKeyAssigned::VERSION,
+            Event::RateLimitKeyLimitSet(_) => RateLimitKeyLimitSet::VERSION,
             Event::App(_) => APP_EVENT_VERSION,
         }
     }
@@ -150,8 +289,16 @@ impl Event {
         let result = match self {
             Event::TenantCreated(p) => serde_json::to_string(p),
             Event::KeyCreated(p) => serde_json::to_string(p),
+            Event::KeyRolled(p) => serde_json::to_string(p),
             Event::KeyRevoked(p) => serde_json::to_string(p),
             Event::ApiCall(p) => serde_json::to_string(p),
+            Event::OAuthClientCreated(p) => serde_json::to_string(p),
+            Event::OAuthClientDeleted(p) => serde_json::to_string(p),
+            Event::OAuthSigningKeyPublished(p) => serde_json::to_string(p),
+            Event::OAuthTokenRevoked(p) => serde_json::to_string(p),
+            Event::RateLimitTierSet(p) => serde_json::to_string(p),
+            Event::RateLimitKeyAssigned(p) => serde_json::to_string(p),
+            Event::RateLimitKeyLimitSet(p) => serde_json::to_string(p),
             Event::App(app) => serde_json::to_string(&app.data),
         };
         // Our payloads hold only strings, numbers and ids, and a `Value`
@@ -164,8 +311,16 @@ impl Event {
         let result = match self {
             Event::TenantCreated(p) => serde_json::to_value(p),
             Event::KeyCreated(p) => serde_json::to_value(p),
+            Event::KeyRolled(p) => serde_json::to_value(p),
             Event::KeyRevoked(p) => serde_json::to_value(p),
             Event::ApiCall(p) => serde_json::to_value(p),
+            Event::OAuthClientCreated(p) => serde_json::to_value(p),
+            Event::OAuthClientDeleted(p) => serde_json::to_value(p),
+            Event::OAuthSigningKeyPublished(p) => serde_json::to_value(p),
+            Event::OAuthTokenRevoked(p) => serde_json::to_value(p),
+            Event::RateLimitTierSet(p) => serde_json::to_value(p),
+            Event::RateLimitKeyAssigned(p) => serde_json::to_value(p),
+            Event::RateLimitKeyLimitSet(p) => serde_json::to_value(p),
             Event::App(app) => Ok(app.data.clone()),
         };
         result.expect("event payloads always serialize")
@@ -176,8 +331,22 @@ impl Event {
         Ok(match type_name {
             TenantCreated::TYPE => Event::TenantCreated(decode_payload(version, data)?),
             KeyCreated::TYPE => Event::KeyCreated(decode_payload(version, data)?),
+            KeyRolled::TYPE => Event::KeyRolled(decode_payload(version, data)?),
             KeyRevoked::TYPE => Event::KeyRevoked(decode_payload(version, data)?),
             ApiCall::TYPE => Event::ApiCall(decode_payload(version, data)?),
+            OAuthClientCreated::TYPE => Event::OAuthClientCreated(decode_payload(version, data)?),
+            OAuthClientDeleted::TYPE => Event::OAuthClientDeleted(decode_payload(version, data)?),
+            OAuthSigningKeyPublished::TYPE => {
+                Event::OAuthSigningKeyPublished(decode_payload(version, data)?)
+            }
+            OAuthTokenRevoked::TYPE => Event::OAuthTokenRevoked(decode_payload(version, data)?),
+            RateLimitTierSet::TYPE => Event::RateLimitTierSet(decode_payload(version, data)?),
+            RateLimitKeyAssigned::TYPE => {
+                Event::RateLimitKeyAssigned(decode_payload(version, data)?)
+            }
+            RateLimitKeyLimitSet::TYPE => {
+                Event::RateLimitKeyLimitSet(decode_payload(version, data)?)
+            }
             other => {
                 let event_type = AppEventType::new(other)
                     .map_err(|_| DecodeError::UnknownType(other.to_owned()))?;

@@ -126,6 +126,20 @@ typed_id!(
     /// An API key. The key's secret is never part of its id.
     KeyId, "key", "key"
 );
+typed_id!(
+    /// An OAuth 2.0 client (client credentials grant). Its secret is never
+    /// part of its id; the id is the `client_id` of the token endpoint.
+    ClientId, "client", "client"
+);
+typed_id!(
+    /// One access token: the `jti` claim. A revocation names the token by
+    /// this id alone, never by its text.
+    TokenId, "tok", "token"
+);
+typed_id!(
+    /// A token signing key: the `kid` of its JWK and of the tokens it signs.
+    SigningKeyId, "kid", "signing key"
+);
 
 impl EventId {
     /// The event id for a client-chosen id within one tenant. The same

@@ -9,14 +9,20 @@ mod envelope;
 mod events;
 mod ids;
 mod names;
+mod rate_limits;
 
 pub use envelope::{Envelope, Position};
 pub use events::{
-    APP_EVENT_VERSION, ApiCall, AppEvent, DecodeError, Event, KeyCreated, KeyRevoked, Payload,
-    TenantCreated,
+    APP_EVENT_VERSION, ApiCall, AppEvent, DecodeError, Event, KeyCreated, KeyRevoked, KeyRolled,
+    OAuthClientCreated, OAuthClientDeleted, OAuthSigningKeyPublished, OAuthTokenRevoked, Payload,
+    PublicJwk, TenantCreated,
 };
-pub use ids::{EventId, IdError, KeyId, TenantId};
+pub use ids::{ClientId, EventId, IdError, KeyId, SigningKeyId, TenantId, TokenId};
 pub use names::{AppEventType, NameError, RESERVED_NAMESPACES, Scope, StreamName};
+pub use rate_limits::{
+    RateLimit, RateLimitError, RateLimitKeyAssigned, RateLimitKeyLimitSet, RateLimitTierSet,
+    TierName, key_limit_stream, tier_stream,
+};
 
 /// The JSON Schema files under `schemas/json/`, generated from the Rust
 /// types: `(file name, pretty JSON)`. A test fails when the files drift.
@@ -35,7 +41,15 @@ pub fn json_schemas() -> Vec<(String, String)> {
         ("envelope.schema.json".to_owned(), render(schemars::schema_for!(envelope::EnvelopeJson))),
         payload::<TenantCreated>(),
         payload::<KeyCreated>(),
+        payload::<KeyRolled>(),
         payload::<KeyRevoked>(),
         payload::<ApiCall>(),
+        payload::<OAuthClientCreated>(),
+        payload::<OAuthClientDeleted>(),
+        payload::<OAuthSigningKeyPublished>(),
+        payload::<OAuthTokenRevoked>(),
+        payload::<RateLimitTierSet>(),
+        payload::<RateLimitKeyAssigned>(),
+        payload::<RateLimitKeyLimitSet>(),
     ]
 }

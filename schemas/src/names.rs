@@ -37,6 +37,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "registry",
     "integration",
     "schedule",
+    "ratelimit",
 ];
 
 /// The stream (aggregate) an event belongs to within its tenant, such as

@@ -1,6 +1,14 @@
-//! API-key authentication: `Authorization: Bearer spk_live_…`, looked up by
-//! the SHA-256 of the key text in the auth read model, then checked for
-//! revocation, expiry and scope.
+//! API-key authentication: `Authorization: Bearer spk_live_…` (or
+//! `spk_test_…`). The key text is checked offline first (prefix, length,
+//! checksum: see `keys`), then looked up by its SHA-256 among the secrets
+//! of the auth read model, then checked for revocation, expiry (the key's,
+//! and the secret's own end once a roll replaced it) and scope.
+//!
+//! The read model is read on every request, with no cache in between: a
+//! revocation takes effect on every instance as soon as the `auth`
+//! projection has applied it, well within a second. Looking up by digest
+//! is what keeps the comparison constant-time: the database compares
+//! SHA-256 digests, never the secret.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,7 +17,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use spool_projections::ProjectionState;
-use spool_projections::auth::KeyRecord;
+use spool_projections::auth::{KeyRecord, SecretMatch};
 use spool_schemas::{KeyId, Scope, TenantId};
 
 use crate::AppState;
@@ -20,13 +28,26 @@ use crate::problem::{Problem, ProblemKind};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub key_id: KeyId,
+    /// The key's tenant: for a test-mode key, the live tenant's sandbox
+    /// twin, so everything keyed by it is test data (`tenant.is_test()`).
     pub tenant: TenantId,
     pub scopes: Vec<Scope>,
-    /// When the key stops working; `None`: never.
+    /// When the credential stops working (the key's expiry, or the end of
+    /// a rolled secret's grace period, whichever comes first); `None`:
+    /// never.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Set when the caller presented an OAuth access token rather than an
+    /// API key: its client and token id. `key_id` then carries the client's
+    /// UUID, so that what is kept per credential is kept per client.
+    pub token: Option<crate::oauth::TokenGrant>,
 }
 
 impl Caller {
+    /// Whether the caller acts in test mode (sandbox).
+    pub fn is_test(&self) -> bool {
+        self.tenant.is_test()
+    }
+
     /// Refuses with `403` unless the key holds `scope` (or `admin`).
     pub fn require(&self, scope: Scope) -> Result<(), Problem> {
         if self.scopes.contains(&scope) || self.scopes.contains(&Scope::Admin) {
@@ -51,15 +72,25 @@ impl CallerSlot {
     }
 }
 
+/// The outcome of authenticating a request, kept in its extensions so that
+/// the rate limiter (which authenticates first, to limit per key) and the
+/// handler's extractors share one lookup.
+#[derive(Clone)]
+struct Authenticated(Result<Caller, Problem>);
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let caller = authenticate(parts, state).await?;
-        if let Some(slot) = parts.extensions.get::<CallerSlot>() {
+        if let Some(Authenticated(outcome)) = parts.extensions.get::<Authenticated>() {
+            return outcome.clone();
+        }
+        let outcome = authenticate(parts, state).await;
+        if let (Ok(caller), Some(slot)) = (&outcome, parts.extensions.get::<CallerSlot>()) {
             let _ = slot.0.set(caller.clone());
         }
-        Ok(caller)
+        parts.extensions.insert(Authenticated(outcome.clone()));
+        outcome
     }
 }
 
@@ -84,20 +115,45 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
                 "the Authorization header must be `Bearer <key>`",
             )
         })?;
-    if !keys::looks_like_key(secret) {
-        return Err(invalid());
+    if crate::oauth::looks_like_jwt(secret) {
+        return crate::oauth::authenticate(state, secret).await;
     }
+    let mode = keys::parse(secret)
+        .map_err(|error| Problem::new(ProblemKind::INVALID_KEY, error.to_string()))?;
     auth_available(state)?;
     let hash = keys::hash_secret(secret);
-    let record = spool_projections::auth::key_by_secret_hash(&state.views, &hash)
-        .await?
-        .ok_or_else(invalid)?;
+    let SecretMatch { key: record, secret_expires_at } =
+        spool_projections::auth::secret_by_hash(&state.views, &hash).await?.ok_or_else(invalid)?;
+    // The prefix is part of what the digest covers, so a mismatch means a
+    // key stored in the wrong mode: refuse rather than cross modes.
+    if keys::Mode::of(record.tenant) != mode {
+        tracing::error!(key = %record.key_id, "a key's text and its tenant disagree on the mode");
+        return Err(invalid());
+    }
     check_record(&record)?;
+    if let Some(ended) = secret_expires_at
+        && ended <= Utc::now()
+    {
+        return Err(Problem::new(
+            ProblemKind::EXPIRED_KEY,
+            format!(
+                "this secret of key {} was replaced by a roll and stopped working at {}; use \
+                 the new secret",
+                record.key_id,
+                ended.to_rfc3339()
+            ),
+        ));
+    }
+    let expires_at = match (record.expires_at, secret_expires_at) {
+        (Some(key), Some(secret)) => Some(key.min(secret)),
+        (key, secret) => key.or(secret),
+    };
     Ok(Caller {
         key_id: record.key_id,
         tenant: record.tenant,
         scopes: record.scopes,
-        expires_at: record.expires_at,
+        expires_at,
+        token: None,
     })
 }
 
@@ -105,6 +161,9 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
 /// the moment they were authenticated (live streams): `Err` once it was
 /// revoked, has expired, or cannot be checked.
 pub(crate) async fn recheck(state: &AppState, caller: &Caller) -> Result<(), Problem> {
+    if let Some(grant) = caller.token {
+        return crate::oauth::recheck(state, grant).await;
+    }
     auth_available(state)?;
     let record = spool_projections::auth::key(&state.views, caller.key_id)
         .await?

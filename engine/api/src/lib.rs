@@ -9,12 +9,21 @@
 //! [`MAX_BODY_BYTES`] (1 MiB, larger ones get `413`), a batch holds at most
 //! [`MAX_BATCH_EVENTS`] events, and a page of `GET /v1/events` at most
 //! [`MAX_PAGE`] events.
+//!
+//! Across `/v1`: every request is rate limited per key, with
+//! `RateLimit-Policy`/`RateLimit` headers ([`ratelimit`]),
+//! `Idempotency-Key` makes POST and PATCH safe to retry ([`idempotency`]),
+//! and deprecated routes announce their sunset ([`deprecation`]).
 
 mod auth;
 pub mod commands;
+pub mod deprecation;
+pub mod idempotency;
 pub mod keys;
+pub mod oauth;
 mod openapi;
 pub mod problem;
+pub mod ratelimit;
 pub mod record;
 pub mod routes;
 
@@ -24,15 +33,19 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use metrics_exporter_prometheus::PrometheusHandle;
 use spool_log::Log;
 use spool_projections::{CurrentRunner, Views};
 use tokio::sync::watch;
 
 pub use auth::Caller;
+pub use deprecation::{DeprecatedRoute, Deprecations};
+pub use idempotency::IdempotencyOptions;
+pub use oauth::OAuthOptions;
 pub use openapi::openapi;
 pub use problem::{Problem, ProblemKind};
+pub use ratelimit::{RateLimitOptions, RateLimiter, SharedStore};
 pub use record::{Recorder, RecorderHandle, RecorderOptions, UNMATCHED_ROUTE};
 
 /// The largest request body accepted, in bytes.
@@ -43,6 +56,9 @@ pub const MAX_BATCH_EVENTS: usize = 1_000;
 pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1_000;
 
+/// The public URL when none is configured: the default listen address.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8080";
+
 /// Tunables of the API that are not part of its contract.
 #[derive(Clone, Debug)]
 pub struct ApiOptions {
@@ -52,6 +68,19 @@ pub struct ApiOptions {
     /// still valid (not revoked, not expired); the stream ends when not.
     /// A key that expires ends its streams at its expiry regardless.
     pub sse_key_recheck: Duration,
+    /// `Idempotency-Key` handling: retention, lease, clock.
+    pub idempotency: IdempotencyOptions,
+    /// The deprecated routes: [`deprecation::DEPRECATED_ROUTES`], or a
+    /// table a test injects.
+    pub deprecations: Deprecations,
+    /// The base URL clients reach this server at, such as
+    /// `https://spool.example.com`: the `iss` of the access tokens it
+    /// issues and accepts. Every instance sharing a log must agree on it.
+    pub public_url: String,
+    /// OAuth 2.0 token issuing and checking.
+    pub oauth: OAuthOptions,
+    /// Rate limiting: built-in limits, the shared store.
+    pub rate_limits: RateLimitOptions,
 }
 
 impl Default for ApiOptions {
@@ -59,6 +88,11 @@ impl Default for ApiOptions {
         ApiOptions {
             sse_keep_alive: Duration::from_secs(15),
             sse_key_recheck: Duration::from_secs(2),
+            idempotency: IdempotencyOptions::default(),
+            deprecations: Deprecations::builtin(),
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
+            oauth: OAuthOptions::default(),
+            rate_limits: RateLimitOptions::default(),
         }
     }
 }
@@ -81,21 +115,55 @@ pub struct AppState {
 }
 
 /// The whole API: `/v1` routes (authenticated, each request recorded as an
-/// `api.call` event) and the ops routes (`/healthz`, `/readyz`, `/metrics`,
-/// `/openapi.json`, `/docs`; neither authenticated nor recorded).
+/// `api.call` event), the OAuth token endpoints (`/oauth/*`, recorded, with
+/// this router's own signing keys: see [`oauth`]) and the ops routes
+/// (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`,
+/// `/.well-known/jwks.json`; neither authenticated nor recorded).
 pub fn router(state: AppState) -> Router {
+    let limiter = RateLimiter::new(&state.options.rate_limits, state.views.clone());
     let recorded = Router::new()
         .route("/v1/events", post(routes::events::ingest).get(routes::events::list))
         .route("/v1/events/stream", get(routes::stream::stream))
         .route("/v1/stats/events", get(routes::stats::event_counts))
+        .route("/v1/usage", get(routes::usage::usage))
+        .route("/v1/keys", post(routes::keys::create).get(routes::keys::list))
+        .route("/v1/keys/{id}", get(routes::keys::show).delete(routes::keys::revoke))
+        .route("/v1/keys/{id}/roll", post(routes::keys::roll))
+        .route("/v1/oauth/clients", post(oauth::clients::create).get(oauth::clients::list))
+        .route("/v1/oauth/clients/{id}", get(oauth::clients::get).delete(oauth::clients::delete))
+        .route("/v1/rate-limits/tiers", get(routes::rate_limits::list_tiers))
+        .route("/v1/rate-limits/tiers/{tier}", put(routes::rate_limits::set_tier))
+        .route(
+            "/v1/rate-limits/keys/{id}",
+            get(routes::rate_limits::show_key).put(routes::rate_limits::set_key),
+        )
         .fallback(routes::ops::not_found)
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            idempotency::Idempotency::new(state.clone()),
+            idempotency::idempotent,
+        ))
+        // Inside the recorder, so that a `429` is recorded with its key;
+        // outside idempotency, so that a refused request stores nothing.
+        .layer(middleware::from_fn_with_state(
+            ratelimit::LimitLayer { state: state.clone(), limiter: limiter.clone() },
+            ratelimit::limit,
+        ))
+        .layer(axum::Extension(limiter))
+        .layer(middleware::from_fn_with_state(
+            state.options.deprecations.clone(),
+            deprecation::announce,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), record::record_call));
     let ops = Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
         .route("/metrics", get(routes::ops::metrics))
-        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::openapi()));
-    recorded.merge(ops).with_state(state)
+        .route("/.well-known/jwks.json", get(oauth::endpoints::jwks))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/openapi.json", openapi::openapi_with(&state.options.deprecations)),
+        );
+    recorded.merge(oauth::token_routes(&state)).merge(ops).with_state(state)
 }

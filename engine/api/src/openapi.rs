@@ -4,7 +4,12 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use crate::deprecation::Deprecations;
+use crate::idempotency::IdempotencyHeader;
+use crate::oauth;
+use crate::oauth::endpoints::OAuthSchemes;
 use crate::problem::{ProblemBody, ProblemKind};
+use crate::ratelimit::RateLimitDocs;
 use crate::routes;
 
 #[derive(OpenApi)]
@@ -19,19 +24,41 @@ use crate::routes;
         routes::events::list,
         routes::stream::stream,
         routes::stats::event_counts,
+        routes::usage::usage,
+        routes::keys::create,
+        routes::keys::list,
+        routes::keys::show,
+        routes::keys::revoke,
+        routes::keys::roll,
+        routes::rate_limits::list_tiers,
+        routes::rate_limits::set_tier,
+        routes::rate_limits::show_key,
+        routes::rate_limits::set_key,
         routes::ops::healthz,
         routes::ops::readyz,
         routes::ops::metrics,
+        oauth::clients::create,
+        oauth::clients::list,
+        oauth::clients::get,
+        oauth::clients::delete,
+        oauth::endpoints::token,
+        oauth::endpoints::introspect,
+        oauth::endpoints::revoke,
+        oauth::endpoints::jwks,
     ),
     components(schemas(ProblemBody)),
-    modifiers(&ApiKeyScheme, &ProblemTypes),
+    modifiers(&ApiKeyScheme, &ProblemTypes, &OAuthSchemes, &IdempotencyHeader, &RateLimitDocs),
     tags(
         (name = "events", description = "App events: ingest, list, follow"),
         (name = "stats", description = "Read models over the events"),
+        (name = "usage", description = "API usage analytics: requests, errors, latency percentiles (needs `usage:read`)"),
+        (name = "keys", description = "API keys: issue, list, roll, revoke; live and test mode (needs `admin`)"),
+        (name = "oauth", description = "OAuth 2.0 client credentials: clients, tokens (JWT), introspection, revocation, keys"),
+        (name = "rate-limits", description = "Rate-limit tiers and per-key limits (needs `admin`); every /v1 response carries `RateLimit-Policy` and `RateLimit`"),
         (name = "ops", description = "Health, readiness and metrics; no key needed"),
     ),
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The `api_key` security scheme the `/v1` routes name.
 struct ApiKeyScheme;
@@ -73,7 +100,16 @@ impl Modify for ProblemTypes {
     }
 }
 
-/// The document.
+/// The document, with the built-in deprecations marked.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    openapi_with(&Deprecations::builtin())
+}
+
+/// The document with the operations of `deprecations` marked deprecated.
+pub(crate) fn openapi_with(deprecations: &Deprecations) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    for missing in deprecations.mark(&mut document) {
+        tracing::warn!(route = %missing, "a deprecated route is not in the OpenAPI document");
+    }
+    document
 }

@@ -49,10 +49,20 @@ kinds! {
     INVALID_KEY = ("invalid-key", UNAUTHORIZED, "The API key is not valid");
     REVOKED_KEY = ("revoked-key", UNAUTHORIZED, "The API key was revoked");
     EXPIRED_KEY = ("expired-key", UNAUTHORIZED, "The API key has expired");
+    INVALID_TOKEN = ("invalid-token", UNAUTHORIZED, "The access token is not valid");
+    EXPIRED_TOKEN = ("expired-token", UNAUTHORIZED, "The access token has expired");
     INSUFFICIENT_SCOPE = ("insufficient-scope", FORBIDDEN, "The API key lacks a required scope");
+    UNKNOWN_SCOPE = ("unknown-scope", UNPROCESSABLE_ENTITY, "A scope named in the request does not exist");
+    LIVE_MODE_REQUIRED = ("live-mode-required", FORBIDDEN, "A test-mode key cannot act on live-mode data");
     NOT_FOUND = ("not-found", NOT_FOUND, "No such resource");
     METHOD_NOT_ALLOWED = ("method-not-allowed", METHOD_NOT_ALLOWED, "The method is not allowed on this resource");
     CONFLICT = ("conflict", CONFLICT, "The request conflicts with the stored state");
+    INVALID_IDEMPOTENCY_KEY = ("invalid-idempotency-key", BAD_REQUEST, "The Idempotency-Key header is invalid");
+    IDEMPOTENCY_KEY_REUSED = ("idempotency-key-reused", UNPROCESSABLE_ENTITY, "The Idempotency-Key was already used for a different request");
+    IDEMPOTENCY_KEY_IN_FLIGHT = ("idempotency-key-in-flight", CONFLICT, "A request with this Idempotency-Key is still being processed");
+    QUOTA_EXCEEDED = ("quota-exceeded", TOO_MANY_REQUESTS, "The request exceeds a rate-limit policy");
+    INVALID_TIER_NAME = ("invalid-tier-name", BAD_REQUEST, "The rate-limit tier name is invalid");
+    UNKNOWN_TIER = ("unknown-tier", UNPROCESSABLE_ENTITY, "The rate-limit tier does not exist");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "The service is shutting down or not ready");
     INTERNAL = ("internal", INTERNAL_SERVER_ERROR, "Internal server error");
 }

@@ -278,8 +278,12 @@ impl CallRecord {
     fn event(&self, status: u16) -> NewEvent {
         let latency = self.started.elapsed();
         let caller = self.slot.get();
-        let key_id = caller.map(|caller| caller.key_id);
         let tenant = caller.map_or(TenantId::SYSTEM, |caller| caller.tenant);
+        // An access token's caller carries its client's UUID as `key_id`;
+        // the record names the client as such, so usage per key never shows
+        // a key that does not exist.
+        let client_id = caller.and_then(|caller| caller.token).map(|token| token.client_id);
+        let key_id = caller.filter(|caller| caller.token.is_none()).map(|caller| caller.key_id);
         metrics::counter!(
             "spool_api_requests_total",
             "method" => self.method,
@@ -291,12 +295,18 @@ impl CallRecord {
             .record(latency.as_secs_f64());
         let call = ApiCall {
             key_id,
+            client_id,
             method: self.method.to_owned(),
             route: self.route.clone(),
             status,
             latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
         };
-        NewEvent::new(tenant, StreamName::for_api_calls(key_id), Event::ApiCall(call))
+        let stream = match client_id {
+            Some(client_id) => StreamName::new(format!("api/{client_id}"))
+                .expect("an id makes a valid stream name"),
+            None => StreamName::for_api_calls(key_id),
+        };
+        NewEvent::new(tenant, stream, Event::ApiCall(call))
     }
 }
 

@@ -46,7 +46,9 @@ async fn every_v1_request_is_recorded_as_an_api_call_and_ops_routes_are_not() {
             (key.tenant, Some(key.key_id), "POST", "/v1/events", 201),
             (key.tenant, Some(key.key_id), "GET", "/v1/events", 200),
             (TenantId::SYSTEM, None, "GET", "/v1/events", 401),
-            (TenantId::SYSTEM, None, "GET", spool_api::UNMATCHED_ROUTE, 404),
+            // A valid key is known even on an unknown route: the rate
+            // limiter authenticates every `/v1` request, to count it.
+            (key.tenant, Some(key.key_id), "GET", spool_api::UNMATCHED_ROUTE, 404),
             (TenantId::SYSTEM, None, "DELETE", "/v1/events", 405),
         ]
     );
@@ -76,6 +78,7 @@ async fn the_recorder_appends_what_is_queued_in_one_append_and_applies_backpress
             StreamName::new("api/anonymous").unwrap(),
             Event::ApiCall(ApiCall {
                 key_id: None,
+                client_id: None,
                 method: "GET".into(),
                 route: "/v1/events".into(),
                 status: 401,
@@ -158,6 +161,7 @@ async fn the_recorder_retries_a_failed_append_until_it_is_stored() {
                 StreamName::for_api_calls(None),
                 Event::ApiCall(ApiCall {
                     key_id: None,
+                    client_id: None,
                     method: "GET".into(),
                     route: "/v1/events".into(),
                     status,

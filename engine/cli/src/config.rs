@@ -8,6 +8,7 @@
 //! listen = "0.0.0.0:8080"
 //! log = "kafka://kafka-1:9092,kafka-2:9092/spool-events?partitions=16"
 //! views = "postgres://spool@db/spool"
+//! rate_limit_store = "redis://cache:6379"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use spool_api::SharedStore;
 use spool_log::{KafkaLog, KafkaOptions, Log};
 use spool_projections::{Location, Views};
 
@@ -30,8 +32,8 @@ pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// The options every command shares.
 #[derive(Args)]
 pub(crate) struct ConfigArgs {
-    /// A TOML file giving any of `data_dir`, `listen`, `log` and `views`;
-    /// flags and environment variables override it.
+    /// A TOML file giving any of `data_dir`, `listen`, `log`, `views` and
+    /// `rate_limit_store`; flags and environment variables override it.
     #[arg(long, global = true, env = "SPOOL_CONFIG")]
     config: Option<PathBuf>,
 
@@ -50,6 +52,12 @@ pub(crate) struct ConfigArgs {
     /// `postgres://` URL. [default: sqlite]
     #[arg(long, global = true, env = "SPOOL_VIEWS")]
     views: Option<String>,
+
+    /// Where rate limits are counted: `memory` (in each process) or a
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]` URL shared by every
+    /// instance, so that a key's limit holds across them. [default: memory]
+    #[arg(long, global = true, env = "SPOOL_RATE_LIMIT_STORE")]
+    rate_limit_store: Option<String>,
 }
 
 /// What a file may set; every key optional.
@@ -60,6 +68,7 @@ struct FileConfig {
     listen: Option<String>,
     log: Option<String>,
     views: Option<String>,
+    rate_limit_store: Option<String>,
 }
 
 /// Where the event log is.
@@ -85,6 +94,8 @@ pub(crate) struct Config {
     pub(crate) views: ViewsTarget,
     /// From the file only; `serve --listen` and `SPOOL_LISTEN` override it.
     pub(crate) listen: Option<String>,
+    /// The shared rate-limit store; `None`: each process counts alone.
+    pub(crate) rate_limit_store: Option<SharedStore>,
 }
 
 impl ConfigArgs {
@@ -102,7 +113,17 @@ impl ConfigArgs {
             Some(url) => parse_views(&url)?,
             None => ViewsTarget::Sqlite,
         };
-        Ok(Config { data_dir: DataDir::new(data_dir), log, views, listen: file.listen })
+        let rate_limit_store = match self.rate_limit_store.or(file.rate_limit_store) {
+            Some(url) => parse_rate_limit_store(&url)?,
+            None => None,
+        };
+        Ok(Config {
+            data_dir: DataDir::new(data_dir),
+            log,
+            views,
+            listen: file.listen,
+            rate_limit_store,
+        })
     }
 }
 
@@ -199,6 +220,17 @@ pub(crate) fn parse_views(url: &str) -> anyhow::Result<ViewsTarget> {
     }
 }
 
+/// Parses `--rate-limit-store`: `memory`, or a Redis URL (checked now, so
+/// that a typo fails at start rather than at the first request).
+pub(crate) fn parse_rate_limit_store(url: &str) -> anyhow::Result<Option<SharedStore>> {
+    if url == "memory" {
+        return Ok(None);
+    }
+    let store = SharedStore::redis(url)
+        .with_context(|| "--rate-limit-store: expected `memory` or a `redis://` URL")?;
+    Ok(Some(store))
+}
+
 /// `url` without its password, for messages.
 pub(crate) fn redacted(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -264,6 +296,7 @@ mod tests {
             data_dir: None,
             log: log.map(str::to_owned),
             views: None,
+            rate_limit_store: None,
         };
         let from_file = args(None).resolve().unwrap();
         assert_eq!(from_file.data_dir.root(), Path::new("/srv/spool"));
@@ -276,6 +309,29 @@ mod tests {
         let Err(error) = args(None).resolve() else { panic!("an unknown key was accepted") };
         let error = format!("{error:#}");
         assert!(error.contains("unknown field") && error.contains("lgo"), "{error}");
+    }
+
+    #[test]
+    fn rate_limit_stores_are_memory_or_redis_urls() {
+        assert!(parse_rate_limit_store("memory").unwrap().is_none());
+        let store = parse_rate_limit_store("redis://:secret@127.0.0.1:6379/2").unwrap().unwrap();
+        assert!(!format!("{store:?}").contains("secret"), "{store:?}");
+        let error = format!("{:#}", parse_rate_limit_store("redis-cluster://x").unwrap_err());
+        assert!(error.contains("--rate-limit-store") && error.contains("redis://"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.toml");
+        std::fs::write(&path, "rate_limit_store = \"redis://cache:6379\"\n").unwrap();
+        let args = |flag: Option<&str>| ConfigArgs {
+            config: Some(path.clone()),
+            data_dir: None,
+            log: None,
+            views: None,
+            rate_limit_store: flag.map(str::to_owned),
+        };
+        let from_file = args(None).resolve().unwrap().rate_limit_store.unwrap();
+        assert!(format!("{from_file:?}").contains("cache:6379"), "{from_file:?}");
+        assert!(args(Some("memory")).resolve().unwrap().rate_limit_store.is_none());
     }
 
     #[test]

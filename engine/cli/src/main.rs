@@ -9,6 +9,7 @@ mod events;
 mod lease;
 mod projections;
 mod serve;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum Command {
     /// server runs).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// A tenant's API usage (requests, errors, latency percentiles), read
+    /// from the usage read model; works while a server runs.
+    Usage(usage::UsageArgs),
 }
 
 #[tokio::main]
@@ -68,6 +72,7 @@ async fn main() -> ExitCode {
             Command::Events(command) => events::run(&config, command).await,
             Command::Projections(command) => projections::run(&config, command).await,
             Command::Admin(command) => admin::run(&config, command).await,
+            Command::Usage(args) => usage::run(&config, args).await,
         },
         Err(error) => Err(error),
     };

@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::future::IntoFuture;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,13 @@ pub(crate) struct ServeArgs {
     /// `listening on <addr>`). [default: 127.0.0.1:8080]
     #[arg(long, env = "SPOOL_LISTEN")]
     listen: Option<String>,
+
+    /// The base URL clients reach this server at, such as
+    /// `https://spool.example.com`: the issuer (`iss`) of OAuth access
+    /// tokens. Every instance sharing a log must be given the same one.
+    /// [default: http:// and the address listened on]
+    #[arg(long, env = "SPOOL_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
@@ -127,9 +135,19 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
 
     // From here on the log is open and the runner runs: whatever fails,
     // `stop` below still closes them.
-    let started = start(data_dir, &listen, &log, &views, &runner, leases.is_some(), metrics).await;
+    let started = start(data_dir, &listen, &log, &views, &runner, leases.is_some(), metrics)
+        .await
+        .map(|mut started| {
+            if let Some(public_url) = args.public_url {
+                started.state.options.public_url = public_url;
+            }
+            started
+        });
     let served = match started {
-        Ok(started) => serve(started).await,
+        Ok(mut started) => {
+            started.state.options.rate_limits.store = config.rate_limit_store.clone();
+            serve(started).await
+        }
         Err(error) => Err(error),
     };
     let stopped = stop(log, stop_runner, runner_task).await;
@@ -217,7 +235,7 @@ async fn start(
 
     let recorder = Recorder::new(log.clone(), RecorderOptions::default());
     let (stop_streams, streams_stopped) = watch::channel(false);
-    let state = AppState {
+    let mut state = AppState {
         log: log.clone(),
         views: views.clone(),
         runner: runner.clone(),
@@ -231,6 +249,8 @@ async fn start(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
+    // The issuer of access tokens unless `--public-url` says otherwise.
+    state.options.public_url = format!("http://{address}");
     println!("listening on {address}");
     std::io::stdout().flush()?;
     tracing::info!(%address, data_dir = %data_dir.root().display(), "serving");
@@ -245,12 +265,13 @@ async fn serve(started: Started) -> anyhow::Result<()> {
     let (stop_recorder, recorder_stopped) = watch::channel(false);
     let recorder_task = tokio::spawn(recorder.run(stopped(recorder_stopped)));
 
-    let server =
-        axum::serve(listener, spool_api::router(state)).with_graceful_shutdown(async move {
-            signal.recv().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-            let _ = stop_streams.send(true);
-        });
+    // The peer's address limits requests without a valid key (per IP).
+    let app = spool_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        signal.recv().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_streams.send(true);
+    });
     let deadline = async {
         stopped(streams_stopped).await;
         tokio::time::sleep(GRACEFUL_SHUTDOWN).await;

@@ -26,9 +26,15 @@ struct Server {
 }
 
 async fn serve(data_dir: &Path) -> Server {
+    serve_with(data_dir, &[]).await
+}
+
+/// [`serve`] with environment variables set, such as `SPOOL_RATE_LIMIT_STORE`.
+async fn serve_with(data_dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(SPOOL)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -305,6 +311,103 @@ async fn keys_created_and_revoked_by_the_cli_take_effect_on_a_running_server() {
 }
 
 #[tokio::test]
+async fn admin_issues_scoped_test_mode_keys_and_lists_keys_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path()).await;
+    let tenant = server.tenant.clone().expect("bootstrap prints the tenant");
+    let admin_key = server.admin_key.clone().unwrap();
+
+    let created = stdout(
+        &spool(
+            dir.path(),
+            &[
+                "admin",
+                "key",
+                "create",
+                "--tenant",
+                &tenant,
+                "--name",
+                "sandbox",
+                "--scope",
+                "events:read",
+                "--scope",
+                "events:write",
+                "--expires-at",
+                "2099-01-01T00:00:00Z",
+                "--test",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let created: Value = serde_json::from_str(created.trim()).unwrap();
+    assert_eq!((&created["tenant"], &created["mode"]), (&json!(tenant), &json!("test")));
+    let test_key = created["key"].as_str().unwrap().to_owned();
+    let test_key_id = created["key_id"].as_str().unwrap().to_owned();
+    assert!(test_key.starts_with("spk_test_") && test_key.len() == 47, "{test_key}");
+    until_status(&server.base, &test_key, 200).await;
+
+    // The test key writes sandbox data, which the live key does not see.
+    let posted = post_event(&server.base, &test_key, json!({"type": "a.b", "data": 1})).await;
+    assert_eq!(posted.status(), 201);
+    let list = |key: String| {
+        let base = server.base.clone();
+        async move {
+            let page: Value = reqwest::Client::new()
+                .get(format!("{base}/v1/events"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            page["events"].as_array().unwrap().clone()
+        }
+    };
+    let seen = list(test_key.clone()).await;
+    assert_eq!((seen.len(), &seen[0]["livemode"]), (1, &json!(false)));
+    assert!(list(admin_key.clone()).await.is_empty());
+
+    let listed =
+        stdout(&spool(dir.path(), &["admin", "key", "list", "--tenant", &tenant, "--json"]).await);
+    assert!(!listed.contains(&test_key) && !listed.contains(&admin_key), "{listed}");
+    let listed: Value = serde_json::from_str(listed.trim()).unwrap();
+    let rows: Vec<(&str, &str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["mode"].as_str().unwrap(),
+                k["status"].as_str().unwrap(),
+                k["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(rows, [("live", "active", "bootstrap admin"), ("test", "active", "sandbox")]);
+    assert_eq!(listed[1]["scopes"], json!(["events:read", "events:write"]));
+    assert_eq!(listed[1]["key_id"], test_key_id.as_str());
+
+    stdout(&spool(dir.path(), &["admin", "key", "revoke", &test_key_id]).await);
+    let table = stdout(&spool(dir.path(), &["admin", "key", "list", "--tenant", &tenant]).await);
+    let line = table.lines().find(|line| line.starts_with(&test_key_id)).expect("listed");
+    assert!(line.contains(" test ") && line.contains("revoked"), "{table}");
+    until_status(&server.base, &test_key, 401).await;
+
+    let unknown = spool(
+        dir.path(),
+        &["admin", "key", "create", "--tenant", &tenant, "--scope", "events:delete"],
+    )
+    .await;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("events:delete"));
+
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+}
+
+#[tokio::test]
 async fn events_commands_read_the_log_beside_a_server_and_after_a_kill() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = serve(dir.path()).await;
@@ -524,4 +627,47 @@ async fn serve_names_an_unreachable_broker_or_database_and_exits_non_zero() {
     let typo = spool(dir.path(), &["serve", "--log", "kafak://x:1"]).await;
     assert!(!typo.status.success());
     assert!(String::from_utf8_lossy(&typo.stderr).contains("expected `sqlite` or `kafka://"));
+}
+
+#[tokio::test]
+async fn a_key_limit_kept_in_redis_outlives_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let redis = [("SPOOL_RATE_LIMIT_STORE", "redis://127.0.0.1:6379")];
+    let mut server = serve_with(data.path(), &redis).await;
+    let (key, key_id) = (server.admin_key.clone().unwrap(), server.admin_key_id.clone().unwrap());
+    let http = reqwest::Client::new();
+    let set = http
+        .put(format!("{}/v1/rate-limits/keys/{key_id}", server.base))
+        .bearer_auth(&key)
+        .json(&json!({"limit": {"requests": 2, "window_seconds": 3600}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 200, "{}", set.text().await.unwrap());
+    let get = || http.get(format!("{}/v1/rate-limits/tiers", server.base)).bearer_auth(&key).send();
+    for left in ["1", "0"] {
+        let response = get().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["ratelimit-policy"], "\"custom\";q=2;w=3600;spool-burst=2");
+        let state = response.headers()["ratelimit"].to_str().unwrap().to_owned();
+        assert!(state.starts_with(&format!("\"custom\";r={left};")), "{state}");
+    }
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    server.signal("-TERM");
+    assert!(server.wait().await.success());
+
+    // The count lives in Redis, not in the process: a new process on the
+    // same data still refuses the key.
+    let server = serve_with(data.path(), &redis).await;
+    let refused = http
+        .get(format!("{}/v1/rate-limits/tiers", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["violated-policies"], json!(["custom"]));
 }

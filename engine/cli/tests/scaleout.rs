@@ -361,3 +361,78 @@ async fn appends_answer_503_while_the_broker_is_away_and_recover_after() {
     let listed = list_all(&server.base, &key).await;
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
+
+/// The `GET /v1/events` status `key` gets from `base`.
+async fn status_with(base: &str, key: &str) -> u16 {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/events?limit=1"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+/// A revocation through one instance holds on the other within a second,
+/// whichever of them projects the key's partition: auth reads the shared
+/// read model on every request, with no cache to outlive a revocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_one_instance_is_refused_by_the_other_within_a_second() {
+    let schema = Schema::create().await;
+    let log = format!("kafka://{}/{}?partitions=4", env("SPOOL_TEST_KAFKA"), schema.name);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = serve(dir_a.path(), &log, &schema.url()).await;
+    let admin = a.admin_key.clone().expect("a fresh deployment prints an admin key");
+    let b = serve(dir_b.path(), &log, &schema.url()).await;
+    let client = reqwest::Client::new();
+
+    // Several keys, so that their streams fall in partitions of both
+    // instances: each key's revocation is projected by one of them.
+    let mut keys = Vec::new();
+    for n in 0..6 {
+        let created: Value = client
+            .post(format!("{}/v1/keys", a.base))
+            .bearer_auth(&admin)
+            .json(&json!({"name": format!("reader {n}"), "scopes": ["events:read"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (id, secret) = (created["id"].as_str().unwrap(), created["secret"].as_str().unwrap());
+        keys.push((id.to_owned(), secret.to_owned()));
+    }
+    for (_, secret) in &keys {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while status_with(&b.base, secret).await != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "b never accepted the key");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    for (id, secret) in &keys {
+        let response = client
+            .delete(format!("{}/v1/keys/{id}", a.base))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let revoked_at = tokio::time::Instant::now();
+        loop {
+            let status = status_with(&b.base, secret).await;
+            if status == 401 {
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "b still accepted {id} a second after its revocation"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("b refused {id} {:?} after the revocation", revoked_at.elapsed());
+    }
+    assert_eq!(status_with(&b.base, &admin).await, 200, "only the revoked keys stop");
+}

@@ -13,11 +13,13 @@ mod partitions;
 mod read_models;
 mod rebuild;
 mod runner;
+mod usage;
 
 support::conformance_suite!(
     read_models::event_counts_are_per_tenant_type_and_minute_and_filter_by_time_and_type,
     read_models::typed_queries_answer_before_anything_is_built,
     read_models::the_auth_model_folds_tenants_keys_and_revocations,
+    read_models::the_auth_model_keeps_rolled_secrets_until_their_stated_end,
     rebuild::old_tables_serve_while_a_rebuild_fills_shadow_tables_then_swap,
     rebuild::an_interrupted_build_resumes_from_its_own_checkpoint,
     rebuild::rebuilding_an_empty_log_swaps_in_empty_tables,
@@ -35,4 +37,7 @@ support::conformance_suite!(
     partitions::rebuilds_and_version_bumps_cover_every_partition,
     partitions::runners_owning_disjoint_partitions_build_the_rows_together,
     partitions::a_batch_is_refused_when_its_partitions_checkpoint_moved_under_it,
+    usage::usage_counts_and_percentiles_match_exact_values_for_every_grouping,
+    usage::usage_rows_carry_livemode_and_the_documented_sql_gives_the_percentiles,
+    usage::usage_on_four_partitions_in_small_batches_equals_a_rebuild_in_one,
 );

@@ -182,3 +182,62 @@ pub(crate) async fn the_auth_model_folds_tenants_keys_and_revocations(kind: Kind
     );
     running.stop().await.expect_err("failure reported");
 }
+
+/// A roll adds a secret and ends the earlier ones at its stated time; an
+/// earlier end an old secret already had stays.
+pub(crate) async fn the_auth_model_keeps_rolled_secrets_until_their_stated_end(kind: Kind) {
+    let log = memory_log();
+    let store = kind.open().await;
+    let tenant = TenantId::new().test_twin();
+    let key_id = KeyId::new();
+    let t0 = at("2026-03-01T10:00:00Z");
+    let rolled = |hash: &str, ends: chrono::DateTime<chrono::Utc>, recorded_at| {
+        let mut event = spool_log::NewEvent::new(
+            tenant,
+            spool_schemas::StreamName::for_key(key_id),
+            spool_schemas::Event::KeyRolled(spool_schemas::KeyRolled {
+                key_id,
+                secret_hash: hash.into(),
+                previous_secrets_expire_at: ends,
+            }),
+        );
+        event.recorded_at = recorded_at;
+        event
+    };
+    let (first_end, second_end) = (t0 + Duration::hours(2), t0 + Duration::hours(3));
+    let last = append(
+        log.as_ref(),
+        vec![
+            key_created(tenant, key_id, "aa", vec![Scope::EventsRead], None, t0),
+            rolled("bb", first_end, t0 + Duration::hours(1)),
+            rolled("cc", second_end, t0 + Duration::hours(2)),
+        ],
+    )
+    .await;
+    let running = Running::start(log.clone(), &store.views, spool_projections::builtin(), 2);
+    running.handle.wait_for(last).await.expect("caught up");
+
+    let end_of = |hash: &'static str| {
+        let views = store.views.clone();
+        async move {
+            let found = auth::secret_by_hash(&views, hash).await.expect("q").expect("a secret");
+            assert_eq!((found.key.key_id, found.key.tenant), (key_id, tenant));
+            found.secret_expires_at
+        }
+    };
+    assert_eq!(end_of("aa").await, Some(first_end), "the earlier end stays");
+    assert_eq!(end_of("bb").await, Some(second_end));
+    assert_eq!(end_of("cc").await, None, "the current secret lasts as long as the key");
+    assert_eq!(auth::secret_by_hash(&store.views, "dd").await.expect("q"), None);
+    assert_eq!(auth::keys(&store.views, tenant).await.expect("q").len(), 1);
+
+    // A roll without grace ends every earlier secret at once.
+    let now_end = t0 + Duration::hours(4);
+    let last = append(log.as_ref(), vec![rolled("dd", now_end, now_end)]).await;
+    running.handle.wait_for(last).await.expect("caught up");
+    assert_eq!(end_of("aa").await, Some(first_end));
+    assert_eq!(end_of("bb").await, Some(second_end));
+    assert_eq!(end_of("cc").await, Some(now_end));
+    assert_eq!(end_of("dd").await, None);
+    running.stop().await.expect("stopped");
+}

@@ -288,10 +288,9 @@ pub async fn dump(views: &Views) -> String {
     let mut rows: Vec<String> = rows.into_iter().map(|row| format!("{row:?}")).collect();
     rows.sort();
     writeln!(out, "auth_tenants:\n{}", rows.join("\n")).unwrap();
-    type KeyRow = (String, String, String, String, String, Option<String>, i64, String);
+    type KeyRow = (String, String, String, String, Option<String>, i64, String);
     let rows: Vec<KeyRow> = sqlx::query_as(
-        "SELECT key_id, tenant, name, secret_hash, scopes, expires_at, revoked, created_at \
-         FROM auth_keys",
+        "SELECT key_id, tenant, name, scopes, expires_at, revoked, created_at FROM auth_keys",
     )
     .fetch_all(views.pool())
     .await
@@ -299,6 +298,14 @@ pub async fn dump(views: &Views) -> String {
     let mut rows: Vec<String> = rows.into_iter().map(|row| format!("{row:?}")).collect();
     rows.sort();
     writeln!(out, "auth_keys:\n{}", rows.join("\n")).unwrap();
+    let rows: Vec<(String, String, Option<String>, String)> =
+        sqlx::query_as("SELECT secret_hash, key_id, expires_at, created_at FROM auth_key_secrets")
+            .fetch_all(views.pool())
+            .await
+            .expect("auth_key_secrets");
+    let mut rows: Vec<String> = rows.into_iter().map(|row| format!("{row:?}")).collect();
+    rows.sort();
+    writeln!(out, "auth_key_secrets:\n{}", rows.join("\n")).unwrap();
     out
 }
 

@@ -3,9 +3,12 @@
 //! errors.
 
 pub mod events;
+pub mod keys;
 pub mod ops;
+pub mod rate_limits;
 pub mod stats;
 pub mod stream;
+pub mod usage;
 
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
@@ -43,6 +46,9 @@ pub struct EventView {
     /// The body the client sent.
     #[schema(value_type = Object)]
     pub data: serde_json::Value,
+    /// Whether the event is live data (`false`: sent with a test-mode key,
+    /// visible to test-mode keys only).
+    pub livemode: bool,
 }
 
 impl EventView {
@@ -64,6 +70,7 @@ impl EventView {
             causation_id: event.causation_id,
             correlation_id: event.correlation_id,
             data,
+            livemode: !event.tenant.is_test(),
         })
     }
 }

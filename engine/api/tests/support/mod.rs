@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod postgres;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions, keys};
 use spool_log::{Append, Filter, Log, MemoryLog, NewEvent, StoredEvent, TypeFilter};
-use spool_projections::{Runner, RunnerHandle, RunnerOptions, Views};
+use spool_projections::{Location, Runner, RunnerHandle, RunnerOptions, Views};
 use spool_schemas::{
     ApiCall, Event, KeyCreated, KeyId, KeyRevoked, Position, Scope, StreamName, TenantCreated,
     TenantId,
@@ -34,8 +36,15 @@ pub struct Harness {
     /// [`harness_with`]'s `app_log` made of it.
     pub api_log: Arc<dyn Log>,
     pub runner: RunnerHandle,
+    /// What the router serves: another `spool_api::router(state.clone())`
+    /// is a second instance over the same log and read models.
+    pub state: AppState,
+    /// Where the read models are: `Views::open` it again for a second
+    /// instance with a pool of its own.
+    pub views_location: Location,
     stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
+    _schema: Option<postgres::Schema>,
 }
 
 /// A key of a tenant, as a client holds it.
@@ -80,9 +89,31 @@ pub async fn harness_with(
     app_log: impl FnOnce(Arc<dyn Log>) -> Arc<dyn Log>,
 ) -> Harness {
     let dir = tempfile::tempdir().unwrap();
+    let views = Location::Sqlite(dir.path().join("views.db"));
+    harness_on(views, dir, None, options, app_log).await
+}
+
+/// [`harness_with`] with the read models in a schema of their own in the
+/// PostgreSQL of `SPOOL_TEST_POSTGRES` (dropped afterwards).
+pub async fn postgres_harness(
+    options: ApiOptions,
+    app_log: impl FnOnce(Arc<dyn Log>) -> Arc<dyn Log>,
+) -> Harness {
+    let schema = postgres::Schema::create().await;
+    let views = Location::Postgres(schema.url());
+    harness_on(views, tempfile::tempdir().unwrap(), Some(schema), options, app_log).await
+}
+
+async fn harness_on(
+    views_location: Location,
+    dir: tempfile::TempDir,
+    schema: Option<postgres::Schema>,
+    options: ApiOptions,
+    app_log: impl FnOnce(Arc<dyn Log>) -> Arc<dyn Log>,
+) -> Harness {
     let log: Arc<dyn Log> = Arc::new(MemoryLog::new());
     let app_log = app_log(log.clone());
-    let views = Views::open(dir.path().join("views.db")).await.unwrap();
+    let views = Views::open(views_location.clone()).await.unwrap();
     let (stop, stopped) = watch::channel(false);
     let runner = Runner::new(
         log.clone(),
@@ -110,12 +141,15 @@ pub async fn harness_with(
         let _ = recorder_stopped.wait_for(|stopped| *stopped).await;
     }));
     Harness {
-        app: spool_api::router(state),
+        app: spool_api::router(state.clone()),
         log,
         api_log: app_log,
         runner: runner_handle,
+        state,
+        views_location,
         stop,
         _dir: dir,
+        _schema: schema,
     }
 }
 
