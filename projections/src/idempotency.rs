@@ -29,7 +29,10 @@
 //! Every statement is one SQL text for both stores, like the projections';
 //! claiming is atomic in both: SQLite runs it in a `BEGIN IMMEDIATE`
 //! transaction, PostgreSQL decides between concurrent inserts of one key
-//! through the primary key.
+//! through the primary key. Writes here do not take the projections'
+//! writer turn (`Views::write_unqueued`): an idempotent request never
+//! queues behind projection batches, and never holds up the `auth`
+//! projection (revocations) for longer than its own short transaction.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -126,8 +129,8 @@ pub(crate) async fn create(views: &Views) -> Result<()> {
 /// requests racing for one key on any number of instances exactly one is
 /// [`Begun::Claimed`].
 pub async fn begin(views: &Views, claim: &Claim<'_>) -> Result<Begun> {
-    let mut write = views.write().await?;
-    let connection = write.connection();
+    let mut write = views.write_unqueued().await?;
+    let connection = &mut *write;
     let entry = claim.entry;
     // A release between our statements (PostgreSQL reads committed rows
     // per statement) can delete the row we collided with; then try again.
@@ -214,7 +217,7 @@ pub async fn renew(
     lease_id: &str,
     locked_until: DateTime<Utc>,
 ) -> Result<bool> {
-    let mut write = views.write().await?;
+    let mut write = views.write_unqueued().await?;
     let renewed = sqlx::query(
         "UPDATE spool_idempotency SET locked_until = $5 \
          WHERE tenant = $1 AND principal = $2 AND idempotency_key = $3 AND lease_id = $4 \
@@ -225,7 +228,7 @@ pub async fn renew(
     .bind(&entry.idempotency_key)
     .bind(lease_id)
     .bind(locked_until.timestamp_millis())
-    .execute(write.connection())
+    .execute(&mut *write)
     .await?;
     write.commit().await?;
     Ok(renewed.rows_affected() == 1)
@@ -241,7 +244,7 @@ pub async fn complete(
     status: u16,
     sealed: &[u8],
 ) -> Result<bool> {
-    let mut write = views.write().await?;
+    let mut write = views.write_unqueued().await?;
     let completed = sqlx::query(
         "UPDATE spool_idempotency SET status = $5, response = $6, lease_id = NULL, \
          locked_until = NULL \
@@ -254,7 +257,7 @@ pub async fn complete(
     .bind(lease_id)
     .bind(i64::from(status))
     .bind(BASE64.encode(sealed))
-    .execute(write.connection())
+    .execute(&mut *write)
     .await?;
     write.commit().await?;
     Ok(completed.rows_affected() == 1)
@@ -264,7 +267,7 @@ pub async fn complete(
 /// runs afresh (after a response that is not kept, such as a `5xx`).
 /// `false`: the claim no longer held it.
 pub async fn release(views: &Views, entry: &EntryKey, lease_id: &str) -> Result<bool> {
-    let mut write = views.write().await?;
+    let mut write = views.write_unqueued().await?;
     let released = sqlx::query(
         "DELETE FROM spool_idempotency \
          WHERE tenant = $1 AND principal = $2 AND idempotency_key = $3 AND lease_id = $4 \
@@ -274,7 +277,7 @@ pub async fn release(views: &Views, entry: &EntryKey, lease_id: &str) -> Result<
     .bind(&entry.principal)
     .bind(&entry.idempotency_key)
     .bind(lease_id)
-    .execute(write.connection())
+    .execute(&mut *write)
     .await?;
     write.commit().await?;
     Ok(released.rows_affected() == 1)
@@ -282,10 +285,10 @@ pub async fn release(views: &Views, entry: &EntryKey, lease_id: &str) -> Result<
 
 /// Deletes every entry that expired at or before `now`; returns how many.
 pub async fn purge_expired(views: &Views, now: DateTime<Utc>) -> Result<u64> {
-    let mut write = views.write().await?;
+    let mut write = views.write_unqueued().await?;
     let purged = sqlx::query("DELETE FROM spool_idempotency WHERE expires_at <= $1")
         .bind(now.timestamp_millis())
-        .execute(write.connection())
+        .execute(&mut *write)
         .await?;
     write.commit().await?;
     Ok(purged.rows_affected())

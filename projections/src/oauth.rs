@@ -14,7 +14,8 @@
 //!   as `kty`, `crv`, `alg`, `x` (base64url), `signs_until` and
 //!   `verify_until` (Unix seconds; the key verifies tokens until
 //!   `verify_until`), `published_at`. Never a private key: those stay in
-//!   the memory of the instance that made them.
+//!   the memory of the instance that made them. Only keys the system
+//!   tenant published: any other tenant's are passed over.
 //! - `oauth_revoked_tokens`: `jti` TEXT primary key (`tok_…`), `tenant`,
 //!   `exp` (Unix seconds, the token's own expiry), `revoked_at`. Never the
 //!   token's text.
@@ -173,6 +174,21 @@ async fn apply_one(
                 ));
             }
         }
+        // Only Spool's token service (the system tenant) publishes signing
+        // keys. An app cannot write this type anyway (`oauth.` is a
+        // reserved namespace), so this is a second wall: a key from any
+        // other tenant is passed over, not an error, since failing would
+        // stop every token check on every instance for one stray event.
+        // No log Spool wrote holds such an event, so the rows (and the
+        // projection's version) stay as they were.
+        Event::OAuthSigningKeyPublished(_) if event.tenant != TenantId::SYSTEM => {
+            tracing::warn!(
+                tenant = %event.tenant,
+                partition = event.partition,
+                position = %event.position,
+                "a signing key published by a tenant other than the system tenant is ignored"
+            );
+        }
         Event::OAuthSigningKeyPublished(key) => {
             sqlx::query(&format!(
                 "INSERT INTO {} (kid, kty, crv, alg, x, signs_until, verify_until, \
@@ -233,6 +249,8 @@ pub struct SigningKeyRecord {
     pub verify_until: i64,
 }
 
+const SELECT_CLIENTS_COLUMNS: &str =
+    "SELECT client_id, tenant, name, secret_hash, scopes, deleted, created_at";
 const SELECT_CLIENTS: &str =
     "SELECT client_id, tenant, name, secret_hash, scopes, deleted, created_at FROM oauth_clients";
 const SELECT_SIGNING_KEYS: &str =
@@ -278,6 +296,33 @@ pub async fn signing_keys(views: &Views, now: DateTime<Utc>) -> Result<Vec<Signi
     let mut keys = rows.iter().map(signing_key_record).collect::<Result<Vec<_>>>()?;
     keys.sort_by_key(|key| key.kid);
     Ok(keys)
+}
+
+/// What decides whether an access token still stands, read in one query:
+/// its client (deleted or not) and whether the token was revoked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenStanding {
+    pub client: ClientRecord,
+    pub revoked: bool,
+}
+
+/// The client `client_id` and whether the token `jti` was revoked; `None`
+/// when there is no such client.
+pub async fn token_standing(
+    views: &Views,
+    client_id: ClientId,
+    jti: TokenId,
+) -> Result<Option<TokenStanding>> {
+    let row = sqlx::query(&format!(
+        "{SELECT_CLIENTS_COLUMNS}, (SELECT COUNT(*) FROM oauth_revoked_tokens WHERE jti = $2) \
+         FROM oauth_clients WHERE client_id = $1"
+    ))
+    .bind(client_id.to_string())
+    .bind(jti.to_string())
+    .fetch_optional(views.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(TokenStanding { client: client_record(&row)?, revoked: row.try_get::<i64, _>(7)? > 0 }))
 }
 
 /// Whether the token `jti` was revoked.

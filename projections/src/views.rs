@@ -94,8 +94,10 @@ impl From<&PathBuf> for Location {
 pub struct Views {
     pool: AnyPool,
     backend: Backend,
-    /// Writers of this process take turns here: SQLite has one writer at a
-    /// time, and waiting here beats SQLite's busy handler, which sleeps.
+    /// Projection writers of this process take turns here (the idempotency
+    /// store's short writes do not: see [`Views::write_unqueued`]): SQLite
+    /// has one writer at a time, and waiting here beats SQLite's busy
+    /// handler, which sleeps.
     /// PostgreSQL would not need it; one writer per process keeps the two
     /// stores alike (writes of one runner are sequential anyway).
     writer: Arc<Mutex<()>>,
@@ -213,4 +215,62 @@ impl Views {
         };
         Ok(Write { transaction, _turn: turn })
     }
+
+    /// Begins a short write transaction that does not wait for this
+    /// process's writer turn, for tables no projection writes (the
+    /// idempotency store): a request must not queue behind projection
+    /// batches, nor hold them up for longer than its own statements.
+    /// On PostgreSQL it is a plain transaction beside the others (row locks
+    /// and primary keys decide races); on SQLite, `BEGIN IMMEDIATE` waits
+    /// for the file's one write lock through the busy timeout (10 s).
+    pub(crate) async fn write_unqueued(&self) -> Result<Transaction<'static, Database>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// Begins a read transaction that holds the read-model `tables`
+    /// (views) until it ends, for one statement that reads several of them:
+    /// a statement reads one snapshot, but on PostgreSQL it locks the
+    /// tables it names one after another, and one that held a table while
+    /// waiting for the next (a rebuild's swap dropping it) could deadlock
+    /// with that swap, which locks them in an order of its own.
+    ///
+    /// So on PostgreSQL the transaction first takes them all, with their
+    /// physical tables, in one `LOCK … NOWAIT`, which fails rather than
+    /// waits; while a swap holds one, it tries again after a pause, for
+    /// up to [`READ_LOCK_PATIENCE`]. A swap waits for it, as for any
+    /// statement. On SQLite a plain `BEGIN`: readers never block a writer.
+    pub(crate) async fn read_holding(
+        &self,
+        tables: &[&str],
+    ) -> Result<Transaction<'static, Database>> {
+        if self.backend == Backend::Sqlite {
+            return Ok(self.pool.begin().await?);
+        }
+        let lock = format!("LOCK TABLE {} IN ACCESS SHARE MODE NOWAIT", tables.join(", "));
+        let started = std::time::Instant::now();
+        loop {
+            let mut transaction = self.pool.begin().await?;
+            match sqlx::query(&lock).execute(&mut *transaction).await {
+                Ok(_) => return Ok(transaction),
+                Err(sqlx::Error::Database(error))
+                    if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
+                        && started.elapsed() < READ_LOCK_PATIENCE =>
+                {
+                    transaction.rollback().await?;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
 }
+
+/// How long [`Views::read_holding`] keeps trying while a swap holds its
+/// tables: as long as SQLite's busy timeout.
+pub(crate) const READ_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// PostgreSQL's SQLSTATE for a `NOWAIT` lock that is taken.
+const LOCK_NOT_AVAILABLE: &str = "55P03";

@@ -9,6 +9,11 @@
 //! projection has applied it, well within a second. Looking up by digest
 //! is what keeps the comparison constant-time: the database compares
 //! SHA-256 digests, never the secret.
+//!
+//! A request that outlives its authentication (a live event stream) checks
+//! again with [`recheck`]: through the same secret's digest, kept in the
+//! [`Caller`] (never the secret itself), so that a roll ending that secret
+//! ends the stream too, not only a revocation or the key's expiry.
 
 use std::sync::{Arc, OnceLock};
 
@@ -17,7 +22,7 @@ use axum::http::header;
 use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use spool_projections::ProjectionState;
-use spool_projections::auth::{KeyRecord, SecretMatch};
+use spool_projections::auth::SecretMatch;
 use spool_schemas::{KeyId, Scope, TenantId};
 
 use crate::AppState;
@@ -40,6 +45,22 @@ pub struct Caller {
     /// API key: its client and token id. `key_id` then carries the client's
     /// UUID, so that what is kept per credential is kept per client.
     pub token: Option<crate::oauth::TokenGrant>,
+    /// For an API key: the digest of the very secret presented, so that a
+    /// long request can check that secret again (a roll may end it while
+    /// the key lives on).
+    pub(crate) secret_hash: Option<SecretHash>,
+}
+
+/// The SHA-256 (lowercase hex) of a key's secret, as the `auth` read model
+/// looks secrets up. Not the secret; still left out of `Debug`, since a
+/// caller may be logged and the digest is what finds the key.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SecretHash(String);
+
+impl std::fmt::Debug for SecretHash {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("SecretHash(…)")
+    }
 }
 
 impl Caller {
@@ -121,54 +142,53 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
     let mode = keys::parse(secret)
         .map_err(|error| Problem::new(ProblemKind::INVALID_KEY, error.to_string()))?;
     auth_available(state)?;
-    let hash = keys::hash_secret(secret);
-    let SecretMatch { key: record, secret_expires_at } =
-        spool_projections::auth::secret_by_hash(&state.views, &hash).await?.ok_or_else(invalid)?;
+    let hash = SecretHash(keys::hash_secret(secret));
+    let found = spool_projections::auth::secret_by_hash(&state.views, &hash.0)
+        .await?
+        .ok_or_else(invalid)?;
     // The prefix is part of what the digest covers, so a mismatch means a
     // key stored in the wrong mode: refuse rather than cross modes.
-    if keys::Mode::of(record.tenant) != mode {
-        tracing::error!(key = %record.key_id, "a key's text and its tenant disagree on the mode");
+    if keys::Mode::of(found.key.tenant) != mode {
+        tracing::error!(key = %found.key.key_id, "a key's text and its tenant disagree on the mode");
         return Err(invalid());
     }
-    check_record(&record)?;
-    if let Some(ended) = secret_expires_at
-        && ended <= Utc::now()
-    {
-        return Err(Problem::new(
-            ProblemKind::EXPIRED_KEY,
-            format!(
-                "this secret of key {} was replaced by a roll and stopped working at {}; use \
-                 the new secret",
-                record.key_id,
-                ended.to_rfc3339()
-            ),
-        ));
-    }
-    let expires_at = match (record.expires_at, secret_expires_at) {
-        (Some(key), Some(secret)) => Some(key.min(secret)),
-        (key, secret) => key.or(secret),
-    };
+    let expires_at = check_secret(&found, Utc::now())?;
+    let record = found.key;
     Ok(Caller {
         key_id: record.key_id,
         tenant: record.tenant,
         scopes: record.scopes,
         expires_at,
         token: None,
+        secret_hash: Some(hash),
     })
 }
 
-/// Whether `caller`'s key still authenticates, for requests that outlive
-/// the moment they were authenticated (live streams): `Err` once it was
-/// revoked, has expired, or cannot be checked.
-pub(crate) async fn recheck(state: &AppState, caller: &Caller) -> Result<(), Problem> {
-    if let Some(grant) = caller.token {
-        return crate::oauth::recheck(state, grant).await;
+/// Whether `caller`'s credential still authenticates, for requests that
+/// outlive the moment they were authenticated (live streams): `Ok` with
+/// when it stops working now (a roll since may have brought that closer),
+/// `Err` once it was revoked, has expired, or cannot be checked.
+pub(crate) async fn recheck(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Option<DateTime<Utc>>, Problem> {
+    let invalid = || Problem::new(ProblemKind::INVALID_KEY, "the API key is not recognised");
+    match (caller.token, &caller.secret_hash) {
+        (Some(grant), _) => {
+            crate::oauth::recheck(state, grant).await?;
+            Ok(Some(grant.expires_at))
+        }
+        (None, Some(hash)) => {
+            auth_available(state)?;
+            let found = spool_projections::auth::secret_by_hash(&state.views, &hash.0)
+                .await?
+                .filter(|found| found.key.key_id == caller.key_id)
+                .ok_or_else(invalid)?;
+            check_secret(&found, Utc::now())
+        }
+        // Every caller is made with one or the other; fail closed anyway.
+        (None, None) => Err(invalid()),
     }
-    auth_available(state)?;
-    let record = spool_projections::auth::key(&state.views, caller.key_id)
-        .await?
-        .ok_or_else(|| Problem::new(ProblemKind::INVALID_KEY, "the API key is not recognised"))?;
-    check_record(&record)
 }
 
 /// Fails closed: with the auth read model stopped, a revocation appended
@@ -186,7 +206,11 @@ fn auth_available(state: &AppState) -> Result<(), Problem> {
     Ok(())
 }
 
-fn check_record(record: &KeyRecord) -> Result<(), Problem> {
+/// Refuses a revoked or expired key, or a secret a roll has ended, at
+/// `now`; otherwise says when the secret stops working (the key's expiry,
+/// or the end of a rolled secret's grace period, whichever comes first).
+fn check_secret(found: &SecretMatch, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, Problem> {
+    let SecretMatch { key: record, secret_expires_at } = found;
     if record.revoked {
         return Err(Problem::new(
             ProblemKind::REVOKED_KEY,
@@ -194,12 +218,28 @@ fn check_record(record: &KeyRecord) -> Result<(), Problem> {
         ));
     }
     if let Some(expires_at) = record.expires_at
-        && expires_at <= Utc::now()
+        && expires_at <= now
     {
         return Err(Problem::new(
             ProblemKind::EXPIRED_KEY,
             format!("key {} expired at {}", record.key_id, expires_at.to_rfc3339()),
         ));
     }
-    Ok(())
+    if let Some(ended) = *secret_expires_at
+        && ended <= now
+    {
+        return Err(Problem::new(
+            ProblemKind::EXPIRED_KEY,
+            format!(
+                "this secret of key {} was replaced by a roll and stopped working at {}; use \
+                 the new secret",
+                record.key_id,
+                ended.to_rfc3339()
+            ),
+        ));
+    }
+    Ok(match (record.expires_at, *secret_expires_at) {
+        (Some(key), Some(secret)) => Some(key.min(secret)),
+        (key, secret) => key.or(secret),
+    })
 }

@@ -25,7 +25,8 @@
 //!   that it renews every third of it. One left by a process that died
 //!   lapses, and the next request with the same key and body takes it over.
 //!   The request runs in a task of its own, so a client that disconnects
-//!   does not cancel it: its response is still kept for the retry.
+//!   does not cancel it: its response is still kept for the retry. A
+//!   handler that panics frees the key at once (a `500` is not kept).
 //!
 //! Entries live in the read-model store (`spool_projections::idempotency`),
 //! shared by every instance, so all of this holds across instances.
@@ -181,16 +182,23 @@ impl Idempotency {
                 let execution = Execution {
                     views: self.state.views.clone(),
                     options: options.clone(),
-                    entry,
-                    lease_id,
+                    entry: entry.clone(),
+                    lease_id: lease_id.clone(),
                     secrets,
                 };
                 let request = Request::from_parts(parts, Body::from(body));
                 // A task of its own, so that the request runs to its end and
                 // its response is kept even if the client goes away.
-                tokio::spawn(execution.run(request, next))
-                    .await
-                    .map_err(|error| Problem::internal(&error))?
+                match tokio::spawn(execution.run(request, next)).await {
+                    Ok(answer) => answer,
+                    Err(error) => {
+                        // The handler panicked: nothing is kept, so the key
+                        // is freed at once for a retry to run afresh,
+                        // rather than refused as in flight for a lease.
+                        release(&self.state.views, &entry, &lease_id).await;
+                        Err(Problem::internal(&error))
+                    }
+                }
             }
             Begun::InFlight { fingerprint: held } => {
                 same_request(&held, &fingerprint)?;
@@ -246,8 +254,9 @@ struct Execution {
 }
 
 impl Execution {
-    /// A panic or a crash leaves the entry in flight; its lease lapses
-    /// and a retry takes it over.
+    /// A crash leaves the entry in flight; its lease lapses and a retry
+    /// takes it over. A panic ends the task, and the request that spawned
+    /// it releases the entry.
     async fn run(self, request: Request, next: Next) -> Result<Response, Problem> {
         let response = self.renewing_lease(next.run(request)).await;
         let (parts, body) = response.into_parts();
@@ -311,12 +320,18 @@ impl Execution {
     }
 
     async fn release(&self) {
-        if let Err(error) = store::release(&self.views, &self.entry, &self.lease_id).await {
-            tracing::error!(
-                %error,
-                "releasing an idempotency key failed; it stays in flight until its lease lapses"
-            );
-        }
+        release(&self.views, &self.entry, &self.lease_id).await;
+    }
+}
+
+/// Frees an entry the lease holds, so that the next request with its key
+/// runs afresh; a failure only logs (the lease lapses in the end).
+async fn release(views: &Views, entry: &EntryKey, lease_id: &str) {
+    if let Err(error) = store::release(views, entry, lease_id).await {
+        tracing::error!(
+            %error,
+            "releasing an idempotency key failed; it stays in flight until its lease lapses"
+        );
     }
 }
 

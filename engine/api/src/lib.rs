@@ -112,6 +112,9 @@ pub struct AppState {
     /// graceful shutdown does not wait on them forever.
     pub shutdown: watch::Receiver<bool>,
     pub options: ApiOptions,
+    /// The public keys that verify access tokens, kept once read
+    /// (`VerifyingKeys::default()`; clones of one state share it).
+    pub oauth_keys: oauth::VerifyingKeys,
 }
 
 /// The whole API: `/v1` routes (authenticated, each request recorded as an

@@ -63,6 +63,7 @@ kinds! {
     QUOTA_EXCEEDED = ("quota-exceeded", TOO_MANY_REQUESTS, "The request exceeds a rate-limit policy");
     INVALID_TIER_NAME = ("invalid-tier-name", BAD_REQUEST, "The rate-limit tier name is invalid");
     UNKNOWN_TIER = ("unknown-tier", UNPROCESSABLE_ENTITY, "The rate-limit tier does not exist");
+    LIMIT_ABOVE_CEILING = ("limit-above-ceiling", UNPROCESSABLE_ENTITY, "The rate limit is above this server's ceiling");
     UNAVAILABLE = ("unavailable", SERVICE_UNAVAILABLE, "The service is shutting down or not ready");
     INTERNAL = ("internal", INTERNAL_SERVER_ERROR, "Internal server error");
 }

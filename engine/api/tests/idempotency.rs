@@ -1,7 +1,9 @@
 //! `Idempotency-Key` through the real router: replays byte for byte, the
 //! `422` and `409` refusals, scoping per tenant and key, expiry and lease
-//! takeover (on an injected clock), sealed storage, bad header values.
-//! Every scenario runs on SQLite and on PostgreSQL (`SPOOL_TEST_POSTGRES`).
+//! takeover (on an injected clock), a panicking handler, sealed storage,
+//! bad header values. Every scenario runs on SQLite and on PostgreSQL
+//! (`SPOOL_TEST_POSTGRES`); one that only PostgreSQL can show (writes
+//! beside a projection batch) runs there alone.
 
 mod support;
 
@@ -64,6 +66,17 @@ impl Store {
         let gate = gate.get().expect("the harness made the gate").clone();
         (h, gate)
     }
+
+    /// A harness whose first `to_panic` appends of app events panic, as a
+    /// handler with a bug would.
+    async fn panicking(self, options: ApiOptions, to_panic: usize) -> Harness {
+        self.harness_with(options, move |log| {
+            let gate = Gate::new(log, 0);
+            gate.to_panic.store(to_panic, Ordering::SeqCst);
+            gate
+        })
+        .await
+    }
 }
 
 /// Runs each scenario on both stores, as `sqlite::name` and `postgres::name`.
@@ -98,6 +111,7 @@ on_both_stores!(
     entries_expire_after_24_hours,
     expired_entries_are_purged,
     a_lapsed_lease_is_taken_over_by_the_same_request_only,
+    a_handler_that_panics_frees_its_key_at_once,
     bad_header_values_are_refused_and_store_nothing,
     a_key_secret_shown_once_is_replayed_but_never_stored_readable,
 );
@@ -382,6 +396,25 @@ async fn a_lapsed_lease_is_taken_over_by_the_same_request_only(store: Store) {
     assert_eq!(replayed.body, taken_over.body, "the kept response is the one that held the lease");
 }
 
+/// Review finding 10: a handler that panicked left its key claimed for
+/// the whole lease (60 s), so every retry got `409` meanwhile.
+async fn a_handler_that_panics_frees_its_key_at_once(store: Store) {
+    let h = store.panicking(ApiOptions::default(), 1).await;
+    let key = h.tenant(&[Scope::EventsWrite]).await;
+    let body = r#"{"type": "order.created"}"#;
+    let failed = send(&h.app, post(&key, Some("k"), body)).await;
+    assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", failed.text());
+    assert_eq!(failed.problem_type(), "https://spool.dev/problems/internal");
+    assert!(stored_keys(&h).await.is_empty(), "the entry was released");
+
+    let retried = send(&h.app, post(&key, Some("k"), body)).await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.text());
+    assert!(!retried.headers.contains_key("idempotent-replayed"), "the retry ran");
+    assert_eq!(app_events(&h).await, 1);
+    let replayed = send(&h.app, post(&key, Some("k"), body)).await;
+    assert_eq!(replayed.body, retried.body);
+}
+
 async fn bad_header_values_are_refused_and_store_nothing(store: Store) {
     let h = store.harness(ApiOptions::default()).await;
     let key = h.tenant(&[Scope::EventsRead, Scope::EventsWrite]).await;
@@ -459,6 +492,93 @@ async fn a_key_secret_shown_once_is_replayed_but_never_stored_readable(store: St
 }
 
 // Not per store.
+
+/// Review finding 12: every idempotent request took the projections'
+/// writer turn for its whole transaction, so it queued behind projection
+/// batches (and held up the `auth` projection). PostgreSQL runs writers
+/// side by side, so there nothing but the row itself may hold a request
+/// up. (SQLite has one writer per file, so there it does wait for a
+/// batch's commit, through the busy timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_does_not_queue_behind_a_projection_batch() {
+    let h = Store::Postgres.harness(ApiOptions::default()).await;
+    let key = h.tenant(&[Scope::EventsWrite]).await;
+    // A projection whose first batch stalls, holding the writer turn of
+    // the router's read-model store as a long batch would.
+    let stall = Arc::new(Stall::default());
+    let runner = spool_projections::Runner::new(
+        h.log.clone(),
+        h.state.views.clone(),
+        vec![stall.clone()],
+        spool_projections::RunnerOptions::default(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(runner.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(WAIT, stall.entered.notified()).await.expect("the batch stalled");
+
+    let body = r#"{"type": "order.created"}"#;
+    let first = tokio::time::timeout(WAIT, send(&h.app, post(&key, Some("k"), body)))
+        .await
+        .expect("the idempotent request waited for the projection batch");
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text());
+    let again = send(&h.app, post(&key, Some("k"), body)).await;
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body, first.body);
+
+    stall.release.add_permits(1);
+    let _ = stop.send(());
+    tokio::time::timeout(WAIT, running).await.expect("the runner stopped").unwrap().unwrap();
+}
+
+/// A projection whose first `apply` waits until released.
+struct Stall {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Stall {
+    fn default() -> Self {
+        Stall {
+            entered: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+            stalled: false.into(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl spool_projections::Projection for Stall {
+    fn name(&self) -> &'static str {
+        "stall"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn tables(&self) -> &'static [spool_projections::Table] {
+        &[spool_projections::Table {
+            name: "stall_rows",
+            create: &["CREATE TABLE {table} (n BIGINT)"],
+        }]
+    }
+
+    async fn apply(
+        &self,
+        _connection: &mut spool_projections::Connection,
+        _tables: spool_projections::Tables,
+        _events: &[StoredEvent],
+    ) -> spool_projections::Result<()> {
+        if !self.stalled.swap(true, Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.acquire().await.expect("open semaphore").forget();
+        }
+        Ok(())
+    }
+}
 
 #[tokio::test]
 async fn the_openapi_document_names_the_header_on_every_post() {
@@ -578,10 +698,12 @@ impl ManualClock {
 }
 
 /// A log whose first `to_hold` appends of app events wait until
-/// [`Gate::open`]: a handler held mid-request.
+/// [`Gate::open`]: a handler held mid-request; or whose first `to_panic`
+/// ones panic.
 struct Gate {
     inner: Arc<dyn Log>,
     to_hold: AtomicUsize,
+    to_panic: AtomicUsize,
     held: watch::Sender<usize>,
     opened: watch::Sender<bool>,
 }
@@ -591,6 +713,7 @@ impl Gate {
         Arc::new(Gate {
             inner,
             to_hold: to_hold.into(),
+            to_panic: 0.into(),
             held: watch::channel(0).0,
             opened: watch::channel(false).0,
         })
@@ -617,6 +740,14 @@ impl Gate {
 impl Log for Gate {
     async fn append(&self, append: Append) -> spool_log::Result<Vec<spool_log::Appended>> {
         let app_events = append.events.iter().any(|event| matches!(event.event, Event::App(_)));
+        if app_events
+            && self
+                .to_panic
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            panic!("a bug in the log backend");
+        }
         if app_events
             && self
                 .to_hold

@@ -488,7 +488,11 @@ async fn the_openapi_document_describes_every_key_route_with_its_scope_errors_an
     ];
     for (path, method, success) in operations {
         let operation = &document["paths"][path][method];
-        assert_eq!(operation["security"], json!([{"api_key": ["admin"]}]), "{method} {path}");
+        assert_eq!(
+            operation["security"],
+            json!([{"api_key": ["admin"]}, {"oauth2": ["admin"]}]),
+            "{method} {path}"
+        );
         let responses = &operation["responses"];
         assert!(responses[success].is_object(), "{method} {path}");
         for status in ["401", "403"] {

@@ -584,7 +584,11 @@ async fn the_openapi_document_covers_the_routes_and_the_429_everywhere() {
         ("/v1/rate-limits/keys/{id}", "put"),
     ] {
         let operation = &document["paths"][path][method];
-        assert_eq!(operation["security"], json!([{"api_key": ["admin"]}]), "{path} {method}");
+        assert_eq!(
+            operation["security"],
+            json!([{"api_key": ["admin"]}, {"oauth2": ["admin"]}]),
+            "{path} {method}"
+        );
         assert!(operation["responses"]["403"].is_object(), "{path} {method}");
     }
     let ingest = &document["paths"]["/v1/events"]["post"]["responses"];
@@ -760,4 +764,131 @@ async fn a_redis_that_hangs_costs_one_timeout_then_nothing() {
         ]
     );
     held.abort();
+}
+
+/// Review finding 9: the store cut the emission interval to whole
+/// microseconds, so limits above 100,000/s were up to twice as loose.
+#[tokio::test]
+async fn the_shared_store_counts_intervals_below_a_microsecond_exactly() {
+    let h = harness().await;
+    let key = h.tenant(&[Scope::EventsRead]).await;
+    // 400,000 per second: each request costs 2.5 µs; bursts of 2.5 s.
+    let limit = RateLimit::new(400_000, 1, 1_000_000).unwrap();
+    let prefix = unique_prefix();
+    let app = instance(&h, shared(&prefix, limit));
+    // The key's TAT, put two seconds ahead of Redis's clock: while it is
+    // ahead, each request moves it by exactly one interval, however long
+    // the requests take.
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let (seconds, micros): (u64, u64) =
+        redis::cmd("TIME").query_async(&mut connection).await.unwrap();
+    let start = seconds * 1_000_000 + micros + 2_000_000;
+    let tat_key = format!("{prefix}{}", key.key_id);
+    let () = redis::cmd("SET")
+        .arg(&tat_key)
+        .arg(start)
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let response = get_through(&app, &key).await;
+        assert_eq!(response.status, StatusCode::OK, "{}", response.json);
+    }
+    let tat: String = redis::cmd("GET").arg(&tat_key).query_async(&mut connection).await.unwrap();
+    let moved = tat.parse::<f64>().unwrap() - start as f64;
+    assert_eq!(moved, 10.0, "four requests of 2.5 µs each moved the TAT {moved} µs");
+}
+
+/// Review finding 4: requests without a key counted per exact address,
+/// so an IPv6 client, which holds a whole /64, had 2^64 buckets.
+#[tokio::test]
+async fn requests_without_a_key_count_per_ipv6_64_prefix() {
+    let h = harness().await;
+    let from = |address: String| {
+        let peer: SocketAddr = address.parse().unwrap();
+        Request::builder()
+            .uri("/v1/stats/events")
+            .extension(ConnectInfo(peer))
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut first_refusal = None;
+    for n in 0..300u32 {
+        // Another address of the same /64 every time.
+        let address = format!("[2001:db8:0:1:{:x}:{:x}::1]:5000", n / 7, n);
+        let response = h.send(from(address)).await;
+        if response.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(response.json["violated-policies"], json!(["anonymous"]));
+            first_refusal = Some(n);
+            break;
+        }
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED);
+    }
+    let first_refusal = first_refusal.expect("a /64 spreading over its addresses was limited");
+    assert!(first_refusal >= 100, "refused after {first_refusal} requests, inside the burst");
+    // Another /64, and IPv4 clients seen through a dual-stack socket, are
+    // buckets of their own.
+    for address in ["[2001:db8:0:2::1]:5000", "[::ffff:192.0.2.1]:5000", "192.0.2.2:5000"] {
+        let response = h.send(from(address.to_owned())).await;
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{address}");
+    }
+}
+
+/// Review finding 3: any tenant admin could lift its own keys' limits to
+/// 1,000,000 requests per second. Limits above the server's ceiling are
+/// refused, naming it.
+#[tokio::test]
+async fn limits_above_the_servers_ceiling_are_refused_and_store_nothing() {
+    let h = harness().await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let key = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    let key_uri = format!("/v1/rate-limits/keys/{}", key.key_id);
+    for (uri, body) in [
+        ("/v1/rate-limits/tiers/default", json!({"requests": 1_000_000, "window_seconds": 1})),
+        (
+            "/v1/rate-limits/tiers/gold",
+            json!({"requests": 100_001, "window_seconds": 1, "burst": 1}),
+        ),
+        (
+            "/v1/rate-limits/tiers/gold",
+            json!({"requests": 1, "window_seconds": 1, "burst": 100_001}),
+        ),
+        (key_uri.as_str(), json!({"limit": {"requests": 1_000_000, "window_seconds": 1}})),
+    ] {
+        let response = put(&h, &admin, uri, body.clone()).await;
+        assert_eq!(response.status, StatusCode::UNPROCESSABLE_ENTITY, "{uri} {body}");
+        assert_eq!(response.problem_type(), "https://spool.dev/problems/limit-above-ceiling");
+        let detail = response.json["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("at most 100000 requests per 1 s, in bursts of up to 100000"),
+            "{detail}"
+        );
+    }
+    let stored = h.non_api_call_events().await;
+    assert!(!stored.iter().any(|event| event.type_name.starts_with("ratelimit")), "{stored:?}");
+    // The ceiling itself is allowed.
+    set_tier(&h, &admin, "gold", json!({"requests": 100_000, "window_seconds": 1})).await;
+
+    // An operator's lower ceiling, compared as a rate whatever the window.
+    let lowered = RateLimitOptions {
+        max_limit: RateLimit::new(60, 60, 10).unwrap(),
+        ..RateLimitOptions::default()
+    };
+    let h = harness_with(options_with(lowered), |log| log).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    for (body, status) in [
+        (json!({"requests": 2, "window_seconds": 1, "burst": 1}), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            json!({"requests": 1, "window_seconds": 1, "burst": 11}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"requests": 1, "window_seconds": 1, "burst": 10}), StatusCode::OK),
+        (json!({"requests": 3_600, "window_seconds": 3_600, "burst": 1}), StatusCode::OK),
+    ] {
+        let response = put(&h, &admin, "/v1/rate-limits/tiers/gold", body.clone()).await;
+        assert_eq!(response.status, status, "{body}: {}", response.json);
+    }
 }

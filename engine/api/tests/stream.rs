@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use spool_api::ApiOptions;
 use spool_log::Cursor;
@@ -91,6 +91,66 @@ async fn an_open_event_stream_ends_when_its_key_is_revoked_or_expires() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body().into_data_stream();
     read_to_end(&mut body, Duration::from_secs(4)).await;
+}
+
+/// Rolls `key` through the API with `grace_seconds` for its current
+/// secret; returns the new secret and when the old one stops.
+async fn roll(h: &Harness, admin: &Key, key: &Key, grace_seconds: u64) -> (Key, DateTime<Utc>) {
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/keys/{}/roll", key.key_id))
+        .header(header::AUTHORIZATION, format!("Bearer {}", admin.secret))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!({"grace_period_seconds": grace_seconds}).to_string()))
+        .unwrap();
+    let rolled = h.send(request).await;
+    assert_eq!(rolled.status, StatusCode::OK, "{}", rolled.json);
+    let new = Key { secret: rolled.json["secret"].as_str().unwrap().to_owned(), ..key.clone() };
+    let ends = rolled.json["previous_secret_expires_at"].as_str().unwrap().parse().unwrap();
+    (new, ends)
+}
+
+/// Regression: a stream opened with a rolled key's old secret woke at the
+/// end of its grace period, found the key itself still valid, and spun
+/// on the read model instead of ending. Rechecks are slowed down here, so
+/// that the stream can only end by its secret's end.
+#[tokio::test]
+async fn an_event_stream_opened_with_a_rolled_key_s_old_secret_ends_when_its_grace_ends() {
+    let options = ApiOptions { sse_key_recheck: Duration::from_secs(60), ..ApiOptions::default() };
+    let h = harness_with(options, |log| log).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let key = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    let (_new, ends) = roll(&h, &admin, &key, 2).await;
+    let response = h.app.clone().oneshot(stream_request(&key, "/v1/events/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the old secret works during its grace");
+    let mut body = response.into_body().into_data_stream();
+    read_to_end(&mut body, Duration::from_secs(5)).await;
+    assert!(Utc::now() >= ends, "the stream ended before the grace did");
+}
+
+/// Regression: live streams rechecked only the key's row, so a stream
+/// opened with a key's current secret outlived a roll of that key and the
+/// end of the grace period it gave the secret.
+#[tokio::test]
+async fn an_event_stream_ends_when_a_roll_ends_the_secret_it_was_opened_with() {
+    let options =
+        ApiOptions { sse_key_recheck: Duration::from_millis(200), ..ApiOptions::default() };
+    let h = harness_with(options, |log| log).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let key = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    let response = h.app.clone().oneshot(stream_request(&key, "/v1/events/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    let (new, ends) = roll(&h, &admin, &key, 1).await;
+    read_to_end(&mut body, Duration::from_secs(5)).await;
+    assert!(Utc::now() >= ends, "the stream ended before the grace did");
+
+    // The new secret's stream lives on.
+    let response = h.app.clone().oneshot(stream_request(&new, "/v1/events/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    h.post_json(&admin, json!({"type": "order.created"})).await;
+    read_sse(&mut body, |text| text.contains("event: order.created")).await;
 }
 
 /// Regression: an event that could not be rendered was skipped silently.

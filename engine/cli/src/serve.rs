@@ -41,13 +41,15 @@ pub(crate) struct ServeArgs {
 
     /// The base URL clients reach this server at, such as
     /// `https://spool.example.com`: the issuer (`iss`) of OAuth access
-    /// tokens. Every instance sharing a log must be given the same one.
+    /// tokens. Every instance sharing a log must be given the same one, so
+    /// it is required with a Kafka log or PostgreSQL read models.
     /// [default: http:// and the address listened on]
     #[arg(long, env = "SPOOL_PUBLIC_URL")]
     public_url: Option<String>,
 }
 
 pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
+    let public_url = public_url(config, args.public_url)?;
     let data_dir = &config.data_dir;
     let listen = args.listen.or(config.listen.clone()).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     data_dir.create()?;
@@ -138,7 +140,7 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
     let started = start(data_dir, &listen, &log, &views, &runner, leases.is_some(), metrics)
         .await
         .map(|mut started| {
-            if let Some(public_url) = args.public_url {
+            if let Some(public_url) = public_url {
                 started.state.options.public_url = public_url;
             }
             started
@@ -157,6 +159,26 @@ pub(crate) async fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> 
     stopped?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The `--public-url`, required when instances may share the log: each
+/// instance's default issuer is its own listen address, so instances bound
+/// to different addresses would refuse each other's tokens. Checked before
+/// anything is opened, so a scale-out setup fails at once, not on its
+/// first token.
+fn public_url(config: &Config, given: Option<String>) -> anyhow::Result<Option<String>> {
+    let given = given.filter(|url| !url.trim().is_empty());
+    let shared = matches!(config.log, LogTarget::Kafka(_))
+        || matches!(config.views, ViewsTarget::Postgres(_));
+    if shared && given.is_none() {
+        anyhow::bail!(
+            "a Kafka log or PostgreSQL read models may be shared by several instances, which \
+             must all issue OAuth tokens as one server: set --public-url (or SPOOL_PUBLIC_URL) \
+             to the base URL clients reach them at, such as https://spool.example.com, the \
+             same on every instance"
+        );
+    }
+    Ok(given)
 }
 
 /// How often the metrics exporter drains its histogram buckets.
@@ -243,6 +265,7 @@ async fn start(
         metrics: Some(metrics),
         shutdown: streams_stopped,
         options: ApiOptions::default(),
+        oauth_keys: Default::default(),
     };
     let signal = ShutdownSignal::install()?;
     let listener = tokio::net::TcpListener::bind(listen)

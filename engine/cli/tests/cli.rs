@@ -601,7 +601,15 @@ async fn serve_names_an_unreachable_broker_or_database_and_exits_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let broker = spool(
         dir.path(),
-        &["serve", "--listen", "127.0.0.1:0", "--log", "kafka://127.0.0.1:1/events"],
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            "https://spool.example.com",
+            "--log",
+            "kafka://127.0.0.1:1/events",
+        ],
     )
     .await;
     assert!(!broker.status.success());
@@ -614,6 +622,8 @@ async fn serve_names_an_unreachable_broker_or_database_and_exits_non_zero() {
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--public-url",
+            "https://spool.example.com",
             "--views",
             "postgres://spool:secret@127.0.0.1:1/spool",
         ],

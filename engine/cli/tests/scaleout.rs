@@ -14,6 +14,8 @@ use tokio::process::{Child, Command};
 
 const SPOOL: &str = env!("CARGO_BIN_EXE_spool");
 const DEADLINE: Duration = Duration::from_secs(60);
+/// The one public URL every instance of a test is given.
+const PUBLIC_URL: &str = "https://spool.scaleout.test";
 
 fn env(name: &str) -> String {
     std::env::var(name)
@@ -70,7 +72,7 @@ async fn serve(data_dir: &Path, log: &str, views: &str) -> Server {
     let mut child = Command::new(SPOOL)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
-        .args(["--log", log, "--views", views])
+        .args(["--log", log, "--views", views, "--public-url", PUBLIC_URL])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -435,4 +437,86 @@ async fn a_key_revoked_through_one_instance_is_refused_by_the_other_within_a_sec
         eprintln!("b refused {id} {:?} after the revocation", revoked_at.elapsed());
     }
     assert_eq!(status_with(&b.base, &admin).await, 200, "only the revoked keys stop");
+}
+
+/// Regression: each instance's token issuer defaulted to its own listen
+/// address, so instances bound to different addresses refused each
+/// other's tokens. Now a shared setup needs `--public-url`; given the same
+/// one, a token from either instance works on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_given_one_public_url_accept_each_other_s_tokens() {
+    let schema = Schema::create().await;
+    let log = format!("kafka://{}/{}?partitions=4", env("SPOOL_TEST_KAFKA"), schema.name);
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = serve(dir_a.path(), &log, &schema.url()).await;
+    let admin = a.admin_key.clone().expect("a fresh deployment prints an admin key");
+    let b = serve(dir_b.path(), &log, &schema.url()).await;
+    assert_ne!(a.base, b.base, "bound to different addresses");
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/v1/oauth/clients", a.base))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "sync", "scopes": ["events:read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, secret) =
+        (created["id"].as_str().unwrap(), created["client_secret"].as_str().unwrap());
+    for (issuer, verifier) in [(&a, &b), (&b, &a)] {
+        let token: Value = http
+            .post(format!("{}/oauth/token", issuer.base))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = token["access_token"].as_str().unwrap_or_else(|| panic!("no token: {token}"));
+        // The client and the signing key may be projected by the other
+        // instance: allow it the moment that takes.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while status_with(&verifier.base, token).await != 200 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} refuses a token of {}",
+                verifier.base,
+                issuer.base
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A shared setup without `--public-url` is refused before anything is
+/// opened (so this needs neither broker nor database), naming the flag.
+#[tokio::test]
+async fn serve_refuses_a_shared_setup_without_a_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    for target in [
+        ["--log", "kafka://127.0.0.1:1/events"],
+        ["--views", "postgres://spool:secret@127.0.0.1:1/spool"],
+    ] {
+        let output = tokio::time::timeout(
+            DEADLINE,
+            Command::new(SPOOL)
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.path())
+                .args(target)
+                .env_remove("SPOOL_PUBLIC_URL")
+                .output(),
+        )
+        .await
+        .expect("spool serve exits")
+        .unwrap();
+        assert!(!output.status.success(), "{target:?}");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains("--public-url") && said.contains("SPOOL_PUBLIC_URL"), "{said}");
+        assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
+        assert!(!dir.path().join("spool.lock").exists(), "nothing was opened: {target:?}");
+    }
 }

@@ -273,45 +273,21 @@ type Group = (i64, Vec<String>);
 pub async fn query(views: &Views, tenant: TenantId, query: &UsageQuery) -> Result<Vec<UsageRow>> {
     let columns = query.group_by.columns();
     let mut rows: BTreeMap<Group, UsageRow> = BTreeMap::new();
-    for row in select(views, tenant, query, MINUTES, &columns, "").await? {
+    let mut buckets = Vec::new();
+    for row in select(views, tenant, query, &columns).await? {
         let (group, next) = group_of(&row, columns.len())?;
-        let start = DateTime::from_timestamp(group.0, 0).ok_or_else(|| Error::Corrupt {
-            table: MINUTES,
-            message: format!("minute {} is out of range", group.0),
-        })?;
-        let mut usage = UsageRow {
-            start,
-            key: None,
-            method: None,
-            route: None,
-            status_class: None,
-            requests: count(&row, next)?,
-            errors: count(&row, next + 1)?,
-            latency: LatencySketch::default(),
-        };
-        let mut values = group.1.iter();
-        if query.group_by.key {
-            let key = values.next().expect("one value per column");
-            usage.key = (!key.is_empty())
-                .then(|| key.parse())
-                .transpose()
-                .map_err(|error| Error::Corrupt { table: MINUTES, message: format!("{error}") })?;
+        match row.try_get::<Option<i64>, _>(next)? {
+            None => {
+                let usage = usage_row(&group, &row, next + 1, query.group_by)?;
+                rows.insert(group, usage);
+            }
+            Some(bucket) => buckets.push((group, bucket, count(&row, next + 1)?)),
         }
-        if query.group_by.route {
-            usage.method = values.next().cloned();
-            usage.route = values.next().cloned();
-        }
-        if query.group_by.status {
-            usage.status_class = values.next().cloned();
-        }
-        rows.insert(group, usage);
     }
-    for row in select(views, tenant, query, BUCKETS, &columns, "bucket").await? {
-        let (group, next) = group_of(&row, columns.len())?;
-        let bucket: i64 = row.try_get(next)?;
-        let count = count(&row, next + 1)?;
-        // A bucket without its minute row would be a torn write; both are
-        // written in one transaction, so skip nothing silently.
+    for (group, bucket, count) in buckets {
+        // A bucket without its minute row would be a torn write (both are
+        // written in one transaction and read in one statement), so skip
+        // nothing silently.
         let usage = rows.get_mut(&group).ok_or_else(|| Error::Corrupt {
             table: BUCKETS,
             message: format!("bucket {bucket} of {group:?} has no row in {MINUTES}"),
@@ -323,45 +299,80 @@ pub async fn query(views: &Views, tenant: TenantId, query: &UsageQuery) -> Resul
     Ok(rows.into_values().collect())
 }
 
-/// The rows of `table` in range, summed per time bucket, group and `extra`
-/// column: `start`, the group columns, `extra` if any, then the sums
-/// (`requests` and `errors` of the minutes, `count` of the buckets).
+/// The answer's row of `group`, from its minutes' sums (from column
+/// `sums` on: `requests`, `errors`), without latencies yet.
+fn usage_row(group: &Group, row: &AnyRow, sums: usize, group_by: GroupBy) -> Result<UsageRow> {
+    let start = DateTime::from_timestamp(group.0, 0).ok_or_else(|| Error::Corrupt {
+        table: MINUTES,
+        message: format!("minute {} is out of range", group.0),
+    })?;
+    let mut usage = UsageRow {
+        start,
+        key: None,
+        method: None,
+        route: None,
+        status_class: None,
+        requests: count(row, sums)?,
+        errors: count(row, sums + 1)?,
+        latency: LatencySketch::default(),
+    };
+    let mut values = group.1.iter();
+    if group_by.key {
+        let key = values.next().expect("one value per column");
+        usage.key = (!key.is_empty())
+            .then(|| key.parse())
+            .transpose()
+            .map_err(|error| Error::Corrupt { table: MINUTES, message: format!("{error}") })?;
+    }
+    if group_by.route {
+        usage.method = values.next().cloned();
+        usage.route = values.next().cloned();
+    }
+    if group_by.status {
+        usage.status_class = values.next().cloned();
+    }
+    Ok(usage)
+}
+
+/// Both tables' rows in range, summed per time bucket and group, and the
+/// buckets' also per latency bucket: `start`, the group columns, `bucket`
+/// (NULL on a minutes row), then two sums (`requests` and `errors` of the
+/// minutes; `count` and 0 of a bucket).
+///
+/// One statement, so one snapshot: read by two, the projection could
+/// commit between them a group whose buckets then had no minute row, or
+/// counts out of step with their percentiles. It runs in a transaction
+/// holding both tables ([`Views::read_holding`]), so that it cannot
+/// deadlock with a rebuild's swap.
 async fn select(
     views: &Views,
     tenant: TenantId,
     query: &UsageQuery,
-    table: &'static str,
     columns: &[&str],
-    extra: &str,
 ) -> Result<Vec<AnyRow>> {
-    let mut keys: Vec<&str> = columns.to_vec();
-    if !extra.is_empty() {
-        keys.push(extra);
+    let mut groups = String::new();
+    for column in columns {
+        write!(groups, ", {column}").expect("writing to a string");
     }
-    let sums = if table == MINUTES {
-        "CAST(SUM(requests) AS BIGINT), CAST(SUM(errors) AS BIGINT)"
-    } else {
-        "CAST(SUM(count) AS BIGINT)"
-    };
-    let mut sql = String::from("SELECT (minute / $2) * $2");
-    for key in &keys {
-        write!(sql, ", {key}").expect("writing to a string");
-    }
-    write!(
-        sql,
-        ", {sums} FROM {table} WHERE tenant = $1 AND minute >= $3 AND minute < $4 GROUP BY 1"
-    )
-    .expect("writing to a string");
-    for key in &keys {
-        write!(sql, ", {key}").expect("writing to a string");
-    }
-    Ok(sqlx::query(&sql)
+    let range = "tenant = $1 AND minute >= $3 AND minute < $4";
+    let sql = format!(
+        "SELECT (minute / $2) * $2{groups}, CAST(NULL AS BIGINT), \
+         CAST(SUM(requests) AS BIGINT), CAST(SUM(errors) AS BIGINT) \
+         FROM {MINUTES} WHERE {range} GROUP BY 1{groups} \
+         UNION ALL \
+         SELECT (minute / $2) * $2{groups}, bucket, CAST(SUM(count) AS BIGINT), CAST(0 AS BIGINT) \
+         FROM {BUCKETS} WHERE {range} GROUP BY 1{groups}, bucket"
+    );
+    let mut read = views.read_holding(&[MINUTES, BUCKETS]).await?;
+    let rows = sqlx::query(&sql)
         .bind(tenant.to_string())
         .bind(query.granularity.seconds())
         .bind(ceil_seconds(query.from))
         .bind(ceil_seconds(query.to))
-        .fetch_all(views.pool())
-        .await?)
+        .fetch_all(&mut *read)
+        .await?;
+    read.commit().await?;
+    Ok(rows)
 }
 
 /// The row's start and group values, and the index of its next column.

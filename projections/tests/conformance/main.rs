@@ -40,4 +40,5 @@ support::conformance_suite!(
     usage::usage_counts_and_percentiles_match_exact_values_for_every_grouping,
     usage::usage_rows_carry_livemode_and_the_documented_sql_gives_the_percentiles,
     usage::usage_on_four_partitions_in_small_batches_equals_a_rebuild_in_one,
+    usage::a_usage_query_racing_the_live_projection_never_fails,
 );

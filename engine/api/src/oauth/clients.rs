@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use spool_log::{Append, NewEvent};
@@ -16,6 +17,7 @@ use spool_schemas::{
 use utoipa::ToSchema;
 
 use super::client_auth::ClientSecret;
+use super::error::no_store;
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::{AppState, Caller};
 
@@ -84,10 +86,11 @@ impl ClientView {
 #[utoipa::path(
     post,
     path = "/v1/oauth/clients",
+    operation_id = "create_client",
     tag = "oauth",
     request_body = CreateClient,
     responses(
-        (status = 201, description = "Created; the secret is in this answer only", body = CreatedClient),
+        (status = 201, description = "Created; the secret is in this answer only, which is never cached (`Cache-Control: no-store`)", body = CreatedClient),
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key or token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
@@ -100,7 +103,7 @@ pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     body: Result<Json<CreateClient>, JsonRejection>,
-) -> Result<(StatusCode, Json<CreatedClient>), Problem> {
+) -> Result<Response, Problem> {
     caller.require(Scope::Admin)?;
     let Json(request) = body.map_err(json_problem)?;
     let name = request.name.trim();
@@ -124,11 +127,12 @@ pub(crate) async fn create(
         }),
     );
     let created_at = event.recorded_at;
-    state.log.append(Append::new(vec![event])).await?;
+    let appended = state.log.append(Append::new(vec![event])).await?;
     // Shown whatever happens next: the client exists now, and its secret
     // is in no other place.
     let views = &state.views;
-    let seen = super::until_visible(state.options.oauth.visible_wait, || async move {
+    let wait = state.options.oauth.visible_wait;
+    let seen = super::until_applied(&state, &appended, wait, || async move {
         Ok(spool_projections::oauth::client(views, client_id).await?.is_some())
     })
     .await
@@ -145,16 +149,21 @@ pub(crate) async fn create(
         created_at,
     };
     let created = CreatedClient { client, client_secret: secret.expose().to_owned() };
-    Ok((StatusCode::CREATED, Json(created)))
+    // The secret is in the body: no cache may keep it.
+    let mut response = (StatusCode::CREATED, Json(created)).into_response();
+    no_store(&mut response);
+    Ok(response)
 }
 
 /// List the tenant's OAuth clients.
 #[utoipa::path(
     get,
     path = "/v1/oauth/clients",
+    operation_id = "list_clients",
     tag = "oauth",
     responses(
-        (status = 200, description = "The clients that are not deleted, oldest first", body = ClientList),
+        (status = 200, description = "The clients that are not deleted, oldest first", body = ClientList,
+            example = json!({"clients": [{"id": "client_0193a0c1d27e7a3a9f1b2c3d4e5f6071", "name": "sync", "scopes": ["events:read"], "livemode": true, "created_at": "2026-03-01T10:00:00Z"}]})),
         (status = 401, description = "Missing, unknown, revoked or expired key or token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
     ),
@@ -173,10 +182,12 @@ pub(crate) async fn list(
 #[utoipa::path(
     get,
     path = "/v1/oauth/clients/{id}",
+    operation_id = "get_client",
     tag = "oauth",
     params(("id" = String, Path, description = "The client id", example = "client_0193a0c1d27e7a3a9f1b2c3d4e5f6071")),
     responses(
-        (status = 200, description = "The client", body = ClientView),
+        (status = 200, description = "The client", body = ClientView,
+            example = json!({"id": "client_0193a0c1d27e7a3a9f1b2c3d4e5f6071", "name": "sync", "scopes": ["events:read"], "livemode": true, "created_at": "2026-03-01T10:00:00Z"})),
         (status = 401, description = "Missing, unknown, revoked or expired key or token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such client in this tenant (or it was deleted)", body = ProblemBody, content_type = "application/problem+json"),
@@ -200,6 +211,7 @@ pub(crate) async fn get(
 #[utoipa::path(
     delete,
     path = "/v1/oauth/clients/{id}",
+    operation_id = "delete_client",
     tag = "oauth",
     params(("id" = String, Path, description = "The client id", example = "client_0193a0c1d27e7a3a9f1b2c3d4e5f6071")),
     responses(
@@ -223,9 +235,10 @@ pub(crate) async fn delete(
         client_stream(client_id),
         Event::OAuthClientDeleted(OAuthClientDeleted { client_id }),
     );
-    state.log.append(Append::new(vec![event])).await?;
+    let appended = state.log.append(Append::new(vec![event])).await?;
     let views = &state.views;
-    let seen = super::until_visible(state.options.oauth.visible_wait, || async move {
+    let wait = state.options.oauth.visible_wait;
+    let seen = super::until_applied(&state, &appended, wait, || async move {
         Ok(spool_projections::oauth::client(views, client_id).await?.is_none_or(|c| c.deleted))
     })
     .await?;

@@ -272,9 +272,16 @@ fn has_bearer(headers: &HeaderMap) -> bool {
 /// already revoked, or another client's, which is left alone), so it
 /// tells nothing about tokens the caller does not hold. A revoked token is
 /// refused on every instance from the moment this answers.
+///
+/// A deliberate deviation from RFC 7009 §2.1, which refuses a token issued
+/// to another client: a refusal would tell a client that the token it
+/// holds is live and someone else's (of another tenant, perhaps), where
+/// introspection tells it only `{"active": false}`. The token is left
+/// alone either way.
 #[utoipa::path(
     post,
     path = "/oauth/revoke",
+    operation_id = "revoke_token",
     tag = "oauth",
     request_body(content = TokenParameter, content_type = "application/x-www-form-urlencoded"),
     responses(
@@ -318,9 +325,10 @@ async fn append_revocation(
         .expect("a client id is a valid stream name");
     let event =
         NewEvent::new(tenant, stream, Event::OAuthTokenRevoked(OAuthTokenRevoked { jti, exp }));
-    state.log.append(Append::new(vec![event])).await?;
+    let appended = state.log.append(Append::new(vec![event])).await?;
     let views = &state.views;
-    let seen = super::until_visible(state.options.oauth.visible_wait, || async move {
+    let wait = state.options.oauth.visible_wait;
+    let seen = super::until_applied(state, &appended, wait, || async move {
         spool_projections::oauth::token_revoked(views, jti).await
     })
     .await?;

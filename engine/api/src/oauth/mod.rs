@@ -18,18 +18,34 @@
 //!   when it verifies). The `oauth` read model holds every published key,
 //!   so a token from any instance verifies on every instance sharing the
 //!   log; `/.well-known/jwks.json` serves the keys still needed. A key is
-//!   made when the instance first signs, and replaced once it is older than
-//!   [`OAuthOptions::key_rotation`]; a new key is visible in the read model
-//!   before it signs anything, and an old one stays there until the last
-//!   token it signed has expired, so rotation needs no downtime.
+//!   made when the instance first signs and signs for
+//!   [`OAuthOptions::key_rotation`]; its successor is published in the
+//!   background ahead of that end, so no token request waits for a
+//!   rotation. A new key is visible in the read model before it signs
+//!   anything, and an old one stays there until the last token it signed
+//!   has expired, so rotation needs no downtime. Only the system tenant's
+//!   keys count: the read model passes over any other tenant's.
 //! - *Verification* (`token.rs`): a bearer token shaped like a JWT is
 //!   checked here instead of as an API key. It is refused for an `alg`
 //!   other than `EdDSA` (`none` included), a `typ` other than `at+jwt`, an
-//!   unknown `kid`, a bad signature, a wrong `iss` or `aud`, expiry, a
-//!   revoked `jti` or a deleted client. Revocations and deletions are read
-//!   from the read model on every request, so they hold on every instance.
+//!   unknown `kid`, a bad signature, a wrong `iss` or `aud`, expiry, an
+//!   `iat` after its key's `signs_until` or a key past its `verify_until`,
+//!   a revoked `jti` or a deleted client. Public keys are kept in memory
+//!   once read (`verifying.rs`: a published key never changes); revocations
+//!   and deletions are read from the read model on every request (one
+//!   query), so they hold on every instance.
 //! - `POST /oauth/introspect` (a client of the tenant, or an `admin`
 //!   bearer) and `POST /oauth/revoke` (the token's own client).
+//! - *Waiting for the read model*: a route whose change must hold when it
+//!   answers (a new client, a deletion, a revocation, a new signing key)
+//!   waits on this instance's projection runner, and reads the row back
+//!   only when another instance projects its partition.
+//!
+//! A deliberate deviation from RFC 7009 §2.1: revoking a token issued to
+//! another client answers `200` and leaves the token alone, exactly like an
+//! unknown token, instead of refusing the request. A refusal would tell a
+//! client that a token it holds is live and someone else's (possibly
+//! another tenant's), which introspection never tells it either.
 //!
 //! Secrets (client secrets, tokens, private keys) are never logged, stored
 //! or put in an error; client secrets are compared as SHA-256 digests in
@@ -42,6 +58,7 @@ mod error;
 mod form;
 mod signing;
 mod token;
+mod verifying;
 
 use std::time::Duration;
 
@@ -49,6 +66,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::post;
+use chrono::{DateTime, Utc};
+use spool_log::Appended;
 use spool_projections::ProjectionState;
 use spool_schemas::{ClientId, TokenId};
 
@@ -58,6 +77,7 @@ use crate::{AppState, record};
 pub use error::OAuthErrorBody;
 pub use token::looks_like_jwt;
 pub(crate) use token::{authenticate, recheck};
+pub use verifying::VerifyingKeys;
 
 /// The audience of every access token, unless configured otherwise.
 pub const DEFAULT_AUDIENCE: &str = "spool-api";
@@ -96,6 +116,8 @@ impl Default for OAuthOptions {
 pub struct TokenGrant {
     pub client_id: ClientId,
     pub jti: TokenId,
+    /// The token's `exp`.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// `/oauth/token`, `/oauth/introspect` and `/oauth/revoke`, with the
@@ -103,14 +125,8 @@ pub struct TokenGrant {
 /// They live outside `/v1` (their paths are fixed by convention) but are
 /// recorded as `api.call`s like `/v1` routes.
 pub(crate) fn token_routes(state: &AppState) -> Router<AppState> {
-    let endpoints = endpoints::Endpoints {
-        state: state.clone(),
-        signer: signing::Signer::new(
-            state.log.clone(),
-            state.views.clone(),
-            state.options.oauth.clone(),
-        ),
-    };
+    let endpoints =
+        endpoints::Endpoints { state: state.clone(), signer: signing::Signer::new(state.clone()) };
     Router::new()
         .route("/oauth/token", post(endpoints::token))
         .route("/oauth/introspect", post(endpoints::introspect))
@@ -142,25 +158,48 @@ fn available(state: &AppState) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Waits until `visible` holds, polling the read model, for at most
-/// `wait`. `Ok(false)` when it did not hold in time: the append is stored
-/// and will show, but later than the caller hoped.
-async fn until_visible<F, Fut>(wait: Duration, mut visible: F) -> Result<bool, Problem>
+/// Waits, for at most `wait`, until this instance's `oauth` projection has
+/// applied `appended` and `visible` holds in the read model. `Ok(false)`
+/// when it did not in time: the append is stored and will show, but later
+/// than the caller hoped.
+///
+/// Waiting on the runner costs no query, and then one query finds the
+/// rows. Only when they are still not there, because another instance of
+/// a scale-out deployment projects that partition, is the read model asked
+/// again, at growing intervals.
+async fn until_applied<F, Fut>(
+    state: &AppState,
+    appended: &[Appended],
+    wait: Duration,
+    mut visible: F,
+) -> Result<bool, Problem>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = spool_projections::Result<bool>>,
 {
     let deadline = tokio::time::Instant::now() + wait;
+    let runner = state.runner.get();
+    let applied = runner.wait_for_projection(spool_projections::oauth::NAME, appended);
+    // Whatever came of it (applied, out of time, or no such projection in
+    // a runner that has no partitions yet), the read model has the word:
+    // another instance may have written the rows.
+    if let Ok(Err(error)) = tokio::time::timeout_at(deadline, applied).await {
+        tracing::debug!(%error, "cannot wait for this instance's oauth projection");
+    }
+    let mut pause = FIRST_POLL;
     loop {
         if visible().await? {
             return Ok(true);
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep_until((now + pause).min(deadline)).await;
+        pause = (pause * 2).min(MAX_POLL);
     }
 }
 
-/// How often [`until_visible`] looks.
-const POLL: Duration = Duration::from_millis(5);
+/// How [`until_applied`] polls a read model another instance writes.
+const FIRST_POLL: Duration = Duration::from_millis(20);
+const MAX_POLL: Duration = Duration::from_millis(500);

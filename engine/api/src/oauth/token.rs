@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use spool_projections::oauth::ClientRecord;
 use spool_schemas::{ClientId, KeyId, Scope, SigningKeyId, TenantId, TokenId};
 
 use super::TokenGrant;
-use super::signing::{ALGORITHM, CURVE, KEY_TYPE};
+use super::signing::ALGORITHM;
 use crate::problem::{Problem, ProblemKind};
 use crate::{AppState, Caller};
 
@@ -49,6 +50,11 @@ pub(crate) enum Refusal {
     Algorithm,
     Type,
     UnknownKey,
+    /// The key's `verify_until` has passed.
+    KeyRetired,
+    /// Issued (`iat`) after the key's `signs_until`: no server signs with
+    /// a key past it, so the token was not made by this service.
+    SignedLate,
     Signature,
     Issuer,
     Audience,
@@ -66,6 +72,13 @@ impl Refusal {
             Refusal::UnknownKey => {
                 "the access token names a signing key (`kid`) this server \
                                     does not know"
+            }
+            Refusal::KeyRetired => {
+                "the access token's signing key (`kid`) no longer verifies tokens"
+            }
+            Refusal::SignedLate => {
+                "the access token was issued (`iat`) after its signing key (`kid`) stopped \
+                 signing"
             }
             Refusal::Signature => "the access token's signature does not verify",
             Refusal::Issuer => "the access token was issued by another server (`iss`)",
@@ -112,8 +125,9 @@ struct RawHeader {
     kid: Option<String>,
 }
 
-/// Verifies `token` at `now` against this server's published keys, its
-/// issuer and audience, revocations and clients.
+/// Verifies `token` at `now` against this server's published keys (and
+/// their windows: issued by `signs_until`, presented before
+/// `verify_until`), its issuer and audience, revocations and clients.
 pub(crate) async fn verify(state: &AppState, token: &str, now: DateTime<Utc>) -> Outcome {
     super::available(state)?;
     let Some(header) = raw_header(token) else { return Ok(Err(Refusal::Malformed)) };
@@ -131,37 +145,47 @@ pub(crate) async fn verify(state: &AppState, token: &str, now: DateTime<Utc>) ->
     let Some(kid) = header.kid.and_then(|kid| kid.parse::<SigningKeyId>().ok()) else {
         return Ok(Err(Refusal::UnknownKey));
     };
-    let Some(key) = spool_projections::oauth::signing_key(&state.views, kid).await? else {
+    let Some(key) = state.oauth_keys.get(&state.views, kid).await? else {
         return Ok(Err(Refusal::UnknownKey));
     };
-    if (key.jwk.kty.as_str(), key.jwk.crv.as_str(), key.jwk.alg.as_str())
-        != (KEY_TYPE, CURVE, ALGORITHM)
-    {
-        return Ok(Err(Refusal::UnknownKey));
-    }
-    let decoding_key = DecodingKey::from_ed_components(&key.jwk.x)
-        .map_err(|error| Problem::internal(&format!("signing key {kid} is malformed: {error}")))?;
-    let claims = match decode(token, &decoding_key, state) {
+    let claims = match decode(token, &key.decoding, state) {
         Ok(claims) => claims,
         Err(refusal) => return Ok(Err(refusal)),
     };
-    // RFC 7519 §4.1.4: the token is valid only *before* `exp`.
+    // RFC 7519 §4.1.4: the token is valid only *before* `exp`. Checked
+    // before the key's own windows, so that an expired token says so.
     if claims.exp <= now.timestamp() {
         return Ok(Err(Refusal::Expired));
+    }
+    if now.timestamp() >= key.verify_until {
+        return Ok(Err(Refusal::KeyRetired));
+    }
+    if claims.iat > key.signs_until {
+        return Ok(Err(Refusal::SignedLate));
     }
     if claims.sub != claims.client_id || claims.scopes().is_none() {
         return Ok(Err(Refusal::Malformed));
     }
-    if spool_projections::oauth::token_revoked(&state.views, claims.jti).await? {
-        return Ok(Err(Refusal::Revoked));
+    match standing(state, claims.client_id, claims.jti).await? {
+        Err(refusal) => Ok(Err(refusal)),
+        Ok(client) if client.tenant == claims.tenant => Ok(Ok(Verified { claims })),
+        Ok(_) => Ok(Err(Refusal::ClientGone)),
     }
-    let client = spool_projections::oauth::client(&state.views, claims.client_id).await?;
-    match client {
-        Some(client) if !client.deleted && client.tenant == claims.tenant => {
-            Ok(Ok(Verified { claims }))
-        }
-        _ => Ok(Err(Refusal::ClientGone)),
-    }
+}
+
+/// Whether the token `jti` of `client_id` still stands (not revoked, its
+/// client not deleted), in one read: the client if so.
+async fn standing(
+    state: &AppState,
+    client_id: ClientId,
+    jti: TokenId,
+) -> Result<Result<ClientRecord, Refusal>, Problem> {
+    Ok(match spool_projections::oauth::token_standing(&state.views, client_id, jti).await? {
+        None => Err(Refusal::ClientGone),
+        Some(standing) if standing.revoked => Err(Refusal::Revoked),
+        Some(standing) if standing.client.deleted => Err(Refusal::ClientGone),
+        Some(standing) => Ok(standing.client),
+    })
 }
 
 fn raw_header(token: &str) -> Option<RawHeader> {
@@ -196,27 +220,26 @@ fn decode(token: &str, key: &DecodingKey, state: &AppState) -> Result<AccessClai
 pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Caller, Problem> {
     let verified = verify(state, token, Utc::now()).await?.map_err(Refusal::problem)?;
     let claims = verified.claims;
+    let expires_at =
+        DateTime::from_timestamp(claims.exp, 0).ok_or_else(|| Refusal::Malformed.problem())?;
     Ok(Caller {
         key_id: KeyId::from_uuid(*claims.client_id.as_uuid()),
         tenant: claims.tenant,
         scopes: claims.scopes().unwrap_or_default(),
-        expires_at: DateTime::from_timestamp(claims.exp, 0),
-        token: Some(TokenGrant { client_id: claims.client_id, jti: claims.jti }),
+        expires_at: Some(expires_at),
+        token: Some(TokenGrant { client_id: claims.client_id, jti: claims.jti, expires_at }),
+        secret_hash: None,
     })
 }
 
 /// Whether a token that authenticated earlier still does (for event
-/// streams): `Err` once it was revoked or its client deleted. Expiry is
-/// the stream's own deadline.
+/// streams): `Err` once it has expired, was revoked or its client deleted.
 pub(crate) async fn recheck(state: &AppState, grant: TokenGrant) -> Result<(), Problem> {
+    if grant.expires_at <= Utc::now() {
+        return Err(Refusal::Expired.problem());
+    }
     super::available(state)?;
-    if spool_projections::oauth::token_revoked(&state.views, grant.jti).await? {
-        return Err(Refusal::Revoked.problem());
-    }
-    match spool_projections::oauth::client(&state.views, grant.client_id).await? {
-        Some(client) if !client.deleted => Ok(()),
-        _ => Err(Refusal::ClientGone.problem()),
-    }
+    standing(state, grant.client_id, grant.jti).await?.map(|_| ()).map_err(Refusal::problem)
 }
 
 #[cfg(test)]

@@ -72,13 +72,25 @@ impl<K: Hash + Eq + Clone> Local<K> {
 
     /// Forgets keys whose bucket is full again (they are indistinguishable
     /// from new ones) and limiters no key uses any more.
+    ///
+    /// Walking the keys takes a while with many of them, so it happens
+    /// outside the lock: requests keep finding their limiter meanwhile
+    /// (each walk only locks the map shard it is on). The write lock is
+    /// taken only to drop limiters still empty by then; a request that
+    /// picked one up just before it went is counted there and forgotten
+    /// with it, so its key gets at most one request beyond its limit.
     pub(crate) fn housekeeping(&self) {
-        let mut by_limit = self.by_limit.write().expect("not poisoned");
-        for gcra in by_limit.values() {
+        let limiters: Vec<Arc<Gcra<K>>> =
+            self.by_limit.read().expect("not poisoned").values().cloned().collect();
+        let mut any_empty = false;
+        for gcra in limiters {
             gcra.retain_recent();
             gcra.shrink_to_fit();
+            any_empty |= gcra.is_empty();
         }
-        by_limit.retain(|_, gcra| !gcra.is_empty());
+        if any_empty {
+            self.by_limit.write().expect("not poisoned").retain(|_, gcra| !gcra.is_empty());
+        }
     }
 }
 
@@ -125,5 +137,32 @@ mod tests {
         assert_eq!(by_limit[&slow].len(), 1);
         drop(by_limit);
         assert!(matches!(local.check(&2, slow), Outcome::Refused { .. }));
+    }
+
+    /// Review finding 15: housekeeping held the write lock while it walked
+    /// every key, so every request waited for the walk.
+    #[test]
+    fn housekeeping_walks_the_keys_without_locking_requests_out() {
+        let local = Arc::new(Local::<u32>::default());
+        let slow = RateLimit::new(1, 60, 1).unwrap();
+        for key in 0..1_000 {
+            local.check(&key, slow);
+        }
+        // A request finding its limiter holds the read lock: housekeeping
+        // must get through while it does, nothing being empty to drop.
+        let request = local.by_limit.read().unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        let walker = std::thread::spawn({
+            let local = local.clone();
+            move || {
+                local.housekeeping();
+                done.send(()).unwrap();
+            }
+        });
+        let walked = finished.recv_timeout(Duration::from_secs(10));
+        drop(request);
+        walker.join().unwrap();
+        assert!(walked.is_ok(), "housekeeping waited for the lock requests hold");
+        assert_eq!(local.by_limit.read().unwrap()[&slow].len(), 1_000);
     }
 }

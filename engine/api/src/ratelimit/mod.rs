@@ -5,12 +5,17 @@
 //! *Where limits come from* (`policies.rs`): a key follows a tier of its
 //! tenant (`default` unless an admin assigned another) or a limit of its
 //! own, both set by admins as `ratelimit.*` events and read from the
-//! `rate_limits` read model. A tenant's tiers and key limits are cached
+//! `rate_limits` read model. Tiers are the tenant's tool to share out
+//! capacity within the operator's ceiling: the admin routes refuse any
+//! limit above [`RateLimitOptions::max_limit`] (`422
+//! limit-above-ceiling`), so no tenant admin can lift its own keys past
+//! what the server allows. A tenant's tiers and key limits are cached
 //! per tenant for [`RateLimitOptions::policy_ttl`] (1 s), so a request
-//! costs no SQL beyond the auth lookup; the admin routes drop the
-//! tenant's entry once their change is projected, so on the instance that
-//! took the change it applies from the next request, and on the others
-//! within the TTL.
+//! costs no SQL beyond the auth lookup; once an entry is older, one
+//! request of the tenant reads them again while the others go on with
+//! the old entry. The admin routes drop the tenant's entry once their
+//! change is projected, so on the instance that took the change it
+//! applies from the next request, and on the others within the TTL.
 //!
 //! *Where the state lives*: in this process by default (`local.rs`, the
 //! `governor` crate: one keyed limiter per distinct limit, keyed by key
@@ -25,12 +30,17 @@
 //! [`RateLimitOptions::store_retry`] before it is tried again.
 //!
 //! *Requests without a valid credential* are not limited per key (they
-//! have none) but per client IP address (`ConnectInfo`; one shared bucket
+//! have none) but per client address (`ConnectInfo`; one shared bucket
 //! when the server does not provide it), in-process, with policy
 //! `anonymous`: a client flooding bad keys gets `429`s, while the same
-//! address's valid keys keep their own limits. Each such request still
-//! costs one indexed lookup and one `api.call` record; floods beyond that
-//! belong to a proxy in front.
+//! address's valid keys keep their own limits. An IPv4 address is one
+//! bucket; an IPv6 address counts by its /64 prefix, since one host
+//! usually holds a whole /64 and could otherwise spread its requests over
+//! 2^64 buckets. The address is the TCP peer's: behind a reverse proxy
+//! that is the proxy, so all anonymous clients share one bucket there
+//! (limit them at the proxy). Each such request still costs one indexed
+//! lookup and one `api.call` record; floods beyond that belong to a proxy
+//! in front.
 //!
 //! *Headers* (draft-ietf-httpapi-ratelimit-headers-11, structured fields):
 //! `RateLimit-Policy: "gold";q=100;w=60;spool-burst=20` (the policy's
@@ -45,7 +55,7 @@ mod local;
 mod policies;
 mod store;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -81,9 +91,16 @@ pub struct RateLimitOptions {
     /// by default 1,000 requests per second sustained, in bursts of up to
     /// 5,000.
     pub default_limit: RateLimit,
-    /// The limit per client IP address of requests that present no valid
-    /// credential: by default 20 per second, in bursts of up to 100.
+    /// The limit per client address (IPv4) or /64 prefix (IPv6) of
+    /// requests that present no valid credential: by default 20 per
+    /// second, in bursts of up to 100. Behind a proxy, every anonymous
+    /// client shares one bucket: the proxy's address.
     pub anonymous_limit: RateLimit,
+    /// The ceiling of every limit a tenant admin may set (tiers, keys'
+    /// own limits): at most this sustained rate and this burst. By
+    /// default 100,000 requests per second, in bursts of up to 100,000.
+    /// Limits set before a ceiling was lowered stay as they were.
+    pub max_limit: RateLimit,
     /// Where limits are counted: this process (`None`), or Redis, shared
     /// by every instance.
     pub store: Option<SharedStore>,
@@ -102,6 +119,7 @@ impl Default for RateLimitOptions {
         RateLimitOptions {
             default_limit: RateLimit::new(1_000, 1, 5_000).expect("a valid limit"),
             anonymous_limit: RateLimit::new(20, 1, 100).expect("a valid limit"),
+            max_limit: RateLimit::new(100_000, 1, 100_000).expect("a valid limit"),
             store: None,
             policy_ttl: Duration::from_secs(1),
             store_timeout: Duration::from_millis(250),
@@ -213,7 +231,7 @@ impl RateLimiter {
         }
         self.0.keys.housekeeping();
         self.0.anonymous.housekeeping();
-        self.0.policies.housekeeping();
+        self.0.policies.housekeeping(HOUSEKEEPING);
     }
 }
 
@@ -282,6 +300,27 @@ pub struct QuotaExceeded {
     pub violated_policies: Vec<String>,
 }
 
+/// Which bucket a request without a valid credential from `peer` counts
+/// in: an IPv4 address (also when written IPv4-mapped, as a dual-stack
+/// socket shows it), or an IPv6 address's /64 prefix.
+fn anonymous_bucket(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(address) => {
+            let prefix = u128::from(address) & !(u128::from(u64::MAX));
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        ipv4 => ipv4,
+    }
+}
+
+/// Whether `limit` stays within `ceiling`: no faster sustained rate (the
+/// rates compared as fractions, exactly) and no larger burst.
+pub(crate) fn within(limit: RateLimit, ceiling: RateLimit) -> bool {
+    let rate = u64::from(limit.requests()) * u64::from(ceiling.window_seconds());
+    let ceiling_rate = u64::from(ceiling.requests()) * u64::from(limit.window_seconds());
+    rate <= ceiling_rate && limit.burst() <= ceiling.burst()
+}
+
 /// Whole seconds, rounded up: a client that waits this long is not early.
 fn whole_seconds(duration: Duration) -> u64 {
     duration.as_micros().div_ceil(1_000_000) as u64
@@ -311,8 +350,8 @@ pub(crate) async fn limit(
     let decision = match &caller {
         Ok(caller) => layer.limiter.check(caller).await,
         Err(_) => {
-            let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip());
-            layer.limiter.check_anonymous(peer)
+            let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
+            layer.limiter.check_anonymous(peer.map(|info| anonymous_bucket(info.0.ip())))
         }
     };
     if decision.is_refused() {
@@ -339,6 +378,26 @@ mod tests {
         assert_eq!(whole_seconds(Duration::from_micros(1)), 1);
         assert_eq!(whole_seconds(Duration::from_millis(1_000)), 1);
         assert_eq!(whole_seconds(Duration::from_millis(1_001)), 2);
+    }
+
+    #[test]
+    fn anonymous_buckets_are_ipv4_addresses_and_ipv6_prefixes() {
+        let bucket = |address: &str| anonymous_bucket(address.parse().unwrap()).to_string();
+        assert_eq!(bucket("192.0.2.7"), "192.0.2.7");
+        assert_eq!(bucket("::ffff:192.0.2.7"), "192.0.2.7", "IPv4-mapped is IPv4");
+        assert_eq!(bucket("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(bucket("2001:db8:1:2::1"), "2001:db8:1:2::");
+        assert_eq!(bucket("2001:db8:1:3::1"), "2001:db8:1:3::");
+    }
+
+    #[test]
+    fn limits_within_a_ceiling_compare_rates_across_windows() {
+        let ceiling = RateLimit::new(100, 1, 100).unwrap();
+        let limit = |requests, window, burst| RateLimit::new(requests, window, burst).unwrap();
+        assert!(within(limit(100, 1, 100), ceiling));
+        assert!(within(limit(6_000, 60, 100), ceiling), "the same rate per minute");
+        assert!(!within(limit(6_001, 60, 100), ceiling), "a hair faster");
+        assert!(!within(limit(1, 1, 101), ceiling), "a larger burst");
     }
 
     #[test]

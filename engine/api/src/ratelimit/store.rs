@@ -2,11 +2,12 @@
 //! counts a key's requests against one limit.
 //!
 //! One Lua script decides a request atomically: it reads the key's
-//! theoretical arrival time (TAT, microseconds of Redis's own clock, so
-//! instances need not agree on time), refuses when the request would come
-//! more than the burst's worth of intervals early, and otherwise stores
-//! the advanced TAT with an expiry at the moment the bucket is full again
-//! (a key that is idle that long is indistinguishable from a new one).
+//! theoretical arrival time (TAT, microseconds of Redis's own clock with a
+//! fraction, so instances need not agree on time), refuses when the
+//! request would come more than the burst's worth of intervals early, and
+//! otherwise stores the advanced TAT with an expiry at the moment the
+//! bucket is full again (a key that is idle that long is indistinguishable
+//! from a new one).
 //!
 //! Failures do not fail requests: [`Store::check`] answers `None` and the
 //! caller limits in-process instead. A failed or slow call marks the store
@@ -22,14 +23,21 @@ use tokio::sync::OnceCell;
 
 use super::Outcome;
 
-/// KEYS[1]: the key's TAT. ARGV[1]: the emission interval (µs); ARGV[2]:
-/// the burst. Returns `{1, remaining, µs until full}` or `{0, 0, µs until
-/// the next request is allowed}`. Numbers are written with `%.0f`: Lua
-/// would print a TAT (about 1.8e15) in exponent notation otherwise.
+/// KEYS[1]: the key's TAT. ARGV[1]: the emission interval in nanoseconds;
+/// ARGV[2]: the burst. Returns `{1, remaining, µs until full}` or `{0, 0,
+/// µs until the next request is allowed}`, rounded up.
+///
+/// Times are microseconds of Redis's clock with a fraction: Lua numbers
+/// are doubles, which hold a TAT (about 1.8e15 µs) to a quarter of a
+/// microsecond, while nanoseconds (1.8e18) would not fit their 53 bits.
+/// The interval keeps its fraction (2.5 µs at 400,000/s): cut to whole
+/// microseconds, limits above 100,000/s would be up to twice as loose.
+/// TATs are written with `%.3f`: Lua would print one in exponent notation
+/// otherwise.
 const GCRA: &str = r"
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local interval = tonumber(ARGV[1])
+local interval = tonumber(ARGV[1]) / 1000
 local tolerance = interval * tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now_us)
 if tat < now_us then
@@ -38,11 +46,11 @@ end
 local new_tat = tat + interval
 local allow_at = new_tat - tolerance
 if allow_at > now_us then
-  return {0, 0, allow_at - now_us}
+  return {0, 0, math.ceil(allow_at - now_us)}
 end
 local ttl_ms = math.ceil((new_tat - now_us) / 1000)
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
-return {1, math.floor((now_us + tolerance - new_tat) / interval), new_tat - now_us}
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', string.format('%.0f', ttl_ms))
+return {1, math.floor((now_us + tolerance - new_tat) / interval), math.ceil(new_tat - now_us)}
 ";
 
 /// Where the shared store is: a Redis URL (checked when configured) and
@@ -169,11 +177,11 @@ impl Store {
             })
             .await?
             .clone();
-        let interval_us = u64::try_from(limit.interval().as_micros()).unwrap_or(u64::MAX).max(1);
+        let interval_ns = u64::try_from(limit.interval().as_nanos()).unwrap_or(u64::MAX);
         let (allowed, remaining, micros): (i64, i64, i64) = self
             .script
             .key(format!("{}{key_id}", self.shared.prefix))
-            .arg(interval_us)
+            .arg(interval_ns)
             .arg(limit.burst())
             .invoke_async(&mut connection)
             .await?;

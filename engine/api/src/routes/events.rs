@@ -147,17 +147,22 @@ impl ClientId {
 #[utoipa::path(
     post,
     path = "/v1/events",
+    operation_id = "ingest_events",
     tag = "events",
     request_body(
         description = "An app event, `{\"events\": [...]}`, or a CloudEvent (`application/cloudevents+json`, `application/cloudevents-batch+json`). At most 1 MiB.",
         content(
-            (IngestRequest = "application/json"),
-            (CloudEventRequest = "application/cloudevents+json"),
-            (Vec<CloudEventRequest> = "application/cloudevents-batch+json"),
+            (IngestRequest = "application/json",
+                example = json!({"type": "order.created", "subject": "order/42", "id": "order-42-created", "data": {"order": 42, "total": "19.90"}})),
+            (CloudEventRequest = "application/cloudevents+json",
+                example = json!({"specversion": "1.0", "id": "order-42-created", "source": "https://shop.example.com", "type": "order.created", "subject": "order/42", "data": {"order": 42}})),
+            (Vec<CloudEventRequest> = "application/cloudevents-batch+json",
+                example = json!([{"specversion": "1.0", "id": "order-42-created", "source": "https://shop.example.com", "type": "order.created", "subject": "order/42", "data": {"order": 42}}])),
         ),
     ),
     responses(
-        (status = 201, description = "Stored (or already stored)", body = IngestResponse),
+        (status = 201, description = "Stored (or already stored)", body = IngestResponse,
+            example = json!({"events": [{"id": "evt_6373d625f1425e69b5e188349f2411a9", "partition": 0, "position": 120, "stream": "order/42", "stream_version": 1, "duplicate": false}]})),
         (status = 400, description = "Malformed JSON, or a body that could not be read", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:write`", body = ProblemBody, content_type = "application/problem+json"),
@@ -165,7 +170,7 @@ impl ClientId {
         (status = 415, description = "Unsupported media type", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid event", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = [])),
+    security(("api_key" = ["events:write"]), ("oauth2" = ["events:write"])),
 )]
 pub(crate) async fn ingest(
     State(state): State<AppState>,
@@ -452,15 +457,17 @@ pub struct EventPage {
 #[utoipa::path(
     get,
     path = "/v1/events",
+    operation_id = "list_events",
     tag = "events",
     params(ListQuery),
     responses(
-        (status = 200, description = "A page of events", body = EventPage),
+        (status = 200, description = "A page of events", body = EventPage,
+            example = json!({"events": [{"id": "evt_6373d625f1425e69b5e188349f2411a9", "type": "order.created", "data": {"order": 42, "total": "19.90"}, "stream": "order/42", "stream_version": 1, "partition": 0, "position": 120, "recorded_at": "2026-03-01T10:00:00.123456Z", "livemode": true}], "next": "121", "has_more": false})),
         (status = 400, description = "Invalid query, such as a malformed `after` cursor or one for another number of partitions", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = [])),
+    security(("api_key" = ["events:read"]), ("oauth2" = ["events:read"])),
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,

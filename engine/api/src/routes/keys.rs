@@ -167,6 +167,7 @@ impl KeyView {
 #[utoipa::path(
     post,
     path = "/v1/keys",
+    operation_id = "create_key",
     tag = "keys",
     request_body(
         content = CreateKeyRequest,
@@ -181,7 +182,7 @@ impl KeyView {
         (status = 422, description = "Invalid name, mode or expiry (`invalid-body`), or a scope that does not exist (`unknown-scope`)", body = ProblemBody, content_type = "application/problem+json",
             example = json!({"type": "https://spool.dev/problems/unknown-scope", "title": "A scope named in the request does not exist", "status": 422, "detail": "scopes[1]: `events:delete` is not a scope; the scopes are events:read, …"})),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -253,6 +254,7 @@ fn key_options(caller: &Caller, request: CreateKeyRequest) -> Result<KeyOptions,
 #[utoipa::path(
     get,
     path = "/v1/keys",
+    operation_id = "list_keys",
     tag = "keys",
     params(ListKeysQuery),
     responses(
@@ -262,7 +264,7 @@ fn key_options(caller: &Caller, request: CreateKeyRequest) -> Result<KeyOptions,
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -294,15 +296,17 @@ pub(crate) async fn list(
 #[utoipa::path(
     get,
     path = "/v1/keys/{id}",
+    operation_id = "get_key",
     tag = "keys",
     params(("id" = String, Path, description = "The key's id", example = "key_01932c5a7e4c7d2a9a1f3b4c5d6e7f80")),
     responses(
-        (status = 200, description = "The key, without its secret", body = KeyView),
+        (status = 200, description = "The key, without its secret", body = KeyView,
+            example = json!({"id": "key_01932c5a7e4c7d2a9a1f3b4c5d6e7f80", "name": "ci deploys", "scopes": ["events:read"], "mode": "live", "livemode": true, "expires_at": null, "revoked": false, "created_at": "2026-03-01T10:00:00Z"})),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such key in the caller's tenant (another tenant's keys included)", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn show(
     State(state): State<AppState>,
@@ -325,6 +329,7 @@ pub(crate) async fn show(
 #[utoipa::path(
     delete,
     path = "/v1/keys/{id}",
+    operation_id = "revoke_key",
     tag = "keys",
     params(("id" = String, Path, description = "The key's id", example = "key_01932c5a7e4c7d2a9a1f3b4c5d6e7f80")),
     responses(
@@ -335,7 +340,7 @@ pub(crate) async fn show(
         (status = 404, description = "No such key in the caller's tenant (another tenant's keys included)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "The key kept changing while being revoked; try again", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
@@ -360,6 +365,7 @@ pub(crate) async fn revoke(
 #[utoipa::path(
     post,
     path = "/v1/keys/{id}/roll",
+    operation_id = "roll_key",
     tag = "keys",
     params(("id" = String, Path, description = "The key's id", example = "key_01932c5a7e4c7d2a9a1f3b4c5d6e7f80")),
     request_body(content = Option<RollKeyRequest>, example = json!({"grace_period_seconds": 3600})),
@@ -373,7 +379,7 @@ pub(crate) async fn revoke(
         (status = 409, description = "The key is revoked or expired, or kept changing while being rolled", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "`grace_period_seconds` out of range", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn roll(
     State(state): State<AppState>,

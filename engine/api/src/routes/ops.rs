@@ -18,7 +18,12 @@ pub struct Health {
 }
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "ops",
+    responses((status = 200, description = "The process is up", body = Health, example = json!({"status": "ok"}))),
+)]
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -60,8 +65,10 @@ pub struct ProjectionView {
     path = "/readyz",
     tag = "ops",
     responses(
-        (status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "A projection is building or failed", body = Readiness),
+        (status = 200, description = "Ready", body = Readiness,
+            example = json!({"status": "ready", "partitions": [0], "projections": [{"name": "auth", "version": 2, "checkpoint": "120", "head": "120", "lag": 0, "state": "live"}]})),
+        (status = 503, description = "A projection is building or failed", body = Readiness,
+            example = json!({"status": "not ready", "partitions": [0], "projections": [{"name": "usage", "version": 1, "checkpoint": "40", "head": "120", "lag": 80, "state": "building"}]})),
     ),
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -94,7 +101,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "text/plain", body = String)))]
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String,
+        example = json!("# TYPE spool_events_ingested_total counter\nspool_events_ingested_total 1200\n"))),
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)

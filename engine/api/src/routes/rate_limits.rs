@@ -7,6 +7,11 @@
 //! that mode's tiers. Any other key id is `404`, exactly like one that does
 //! not exist.
 //!
+//! Tiers are the tenant's tool to share out capacity within the
+//! operator's ceiling (`RateLimitOptions::max_limit`, by default 100,000
+//! requests per second in bursts of up to 100,000): a limit above it is
+//! refused with `422 limit-above-ceiling`, naming the ceiling.
+//!
 //! Changes are appended as `ratelimit.*` events; the answer comes once this
 //! instance's `rate_limits` projection has applied them and the limiter has
 //! dropped its cached copy, so the next request here counts against the
@@ -35,7 +40,8 @@ use crate::{AppState, Caller, MAX_BODY_BYTES};
 const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A limit as requests send it: `requests` per `window_seconds` sustained,
-/// up to `burst` at once (`requests` when absent).
+/// up to `burst` at once (`requests` when absent). Both stay within the
+/// server's ceiling (by default 100,000 per second, bursts of 100,000).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitRequest {
@@ -147,7 +153,7 @@ impl KeyLimitView {
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "The calling key is over its own limit", body = ratelimit::QuotaExceeded, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn list_tiers(
     State(state): State<AppState>,
@@ -182,11 +188,11 @@ pub(crate) async fn list_tiers(
         (status = 400, description = "Malformed JSON, or an invalid tier name (`invalid-tier-name`)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "A limit out of range (`invalid-body`)", body = ProblemBody, content_type = "application/problem+json",
-            example = json!({"type": "https://spool.dev/problems/invalid-body", "title": "The request body does not have the expected shape", "status": 422, "detail": "invalid rate limit: `requests` must be at least 1"})),
+        (status = 422, description = "A limit out of range (`invalid-body`), or above the server's ceiling (`limit-above-ceiling`)", body = ProblemBody, content_type = "application/problem+json",
+            example = json!({"type": "https://spool.dev/problems/limit-above-ceiling", "title": "The rate limit is above this server's ceiling", "status": 422, "detail": "this server allows at most 100000 requests per 1 s, in bursts of up to 100000; ask its operator for more"})),
         (status = 429, description = "The calling key is over its own limit", body = ratelimit::QuotaExceeded, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn set_tier(
     State(state): State<AppState>,
@@ -199,7 +205,7 @@ pub(crate) async fn set_tier(
     let tier = TierName::new(tier)
         .map_err(|error| Problem::new(ProblemKind::INVALID_TIER_NAME, error.to_string()))?;
     let request: LimitRequest = json_body(body)?;
-    let limit = rate_limit(&request)?;
+    let limit = rate_limit(&request, state.options.rate_limits.max_limit)?;
     let event = NewEvent::new(
         caller.tenant,
         tier_stream(&tier),
@@ -223,7 +229,7 @@ pub(crate) async fn set_tier(
         (status = 404, description = "No such key in the caller's tenant (another tenant's keys included)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 429, description = "The calling key is over its own limit", body = ratelimit::QuotaExceeded, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn show_key(
     State(state): State<AppState>,
@@ -256,11 +262,11 @@ pub(crate) async fn show_key(
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `admin`", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such key in the caller's tenant (another tenant's keys included)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Neither or both of `tier` and `limit`, or a limit out of range (`invalid-body`); a tier the key's tenant does not have (`unknown-tier`)", body = ProblemBody, content_type = "application/problem+json",
+        (status = 422, description = "Neither or both of `tier` and `limit`, or a limit out of range (`invalid-body`); a limit above the server's ceiling (`limit-above-ceiling`); a tier the key's tenant does not have (`unknown-tier`)", body = ProblemBody, content_type = "application/problem+json",
             example = json!({"type": "https://spool.dev/problems/unknown-tier", "title": "The rate-limit tier does not exist", "status": 422, "detail": "no tier \"platinum\"; define it with PUT /v1/rate-limits/tiers/platinum first"})),
         (status = 429, description = "The calling key is over its own limit", body = ratelimit::QuotaExceeded, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["admin"])),
+    security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn set_key(
     State(state): State<AppState>,
@@ -281,7 +287,7 @@ pub(crate) async fn set_key(
             (KeyLimit::Tier(tier), event)
         }
         (None, Some(limit)) => {
-            let limit = rate_limit(&limit)?;
+            let limit = rate_limit(&limit, state.options.rate_limits.max_limit)?;
             (
                 KeyLimit::Custom(limit),
                 Event::RateLimitKeyLimitSet(RateLimitKeyLimitSet { key_id, limit }),
@@ -355,10 +361,24 @@ fn known_tier(tiers: &[TierRecord], name: &str) -> Result<TierName, Problem> {
     }
 }
 
-fn rate_limit(request: &LimitRequest) -> Result<RateLimit, Problem> {
+/// The limit `request` states, if valid and within `ceiling`.
+fn rate_limit(request: &LimitRequest, ceiling: RateLimit) -> Result<RateLimit, Problem> {
     let burst = request.burst.unwrap_or(request.requests);
-    RateLimit::new(request.requests, request.window_seconds, burst)
-        .map_err(|error| invalid(error.to_string()))
+    let limit = RateLimit::new(request.requests, request.window_seconds, burst)
+        .map_err(|error| invalid(error.to_string()))?;
+    if !ratelimit::within(limit, ceiling) {
+        return Err(Problem::new(
+            ProblemKind::LIMIT_ABOVE_CEILING,
+            format!(
+                "this server allows at most {} requests per {} s, in bursts of up to {}; ask its \
+                 operator for more",
+                ceiling.requests(),
+                ceiling.window_seconds(),
+                ceiling.burst()
+            ),
+        ));
+    }
+    Ok(limit)
 }
 
 fn invalid(detail: impl Into<String>) -> Problem {

@@ -59,12 +59,13 @@ pub struct MinuteCountView {
     tag = "stats",
     params(StatsQuery),
     responses(
-        (status = 200, description = "Counts per minute and type", body = EventCounts),
+        (status = 200, description = "Counts per minute and type", body = EventCounts,
+            example = json!({"counts": [{"minute": "2026-03-01T10:00:00Z", "type": "order.created", "count": 42}]})),
         (status = 400, description = "Invalid query", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = [])),
+    security(("api_key" = ["events:read"]), ("oauth2" = ["events:read"])),
 )]
 pub(crate) async fn event_counts(
     State(state): State<AppState>,

@@ -10,14 +10,16 @@
 //! seen, whichever partitions they are in. On a one-partition log the id is
 //! the event's position.
 //!
-//! The stream ends when the server stops, when the key expires, or within
-//! [`crate::ApiOptions::sse_key_recheck`] (2 s) of the key being revoked.
+//! The stream ends when the server stops, when its credential ends (the
+//! key's expiry, the end of a rolled secret's grace period, the access
+//! token's `exp`), or within [`crate::ApiOptions::sse_key_recheck`] (2 s)
+//! of the key being revoked or rolled (or the token revoked, or its client
+//! deleted).
 //! An event that cannot be shown, or a failed read of the log, ends it with
 //! one `event: error` whose data is a problem document naming the position;
 //! no event is ever skipped silently.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -62,12 +64,13 @@ pub struct StreamQuery {
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor: the `id` of the last SSE event received; overrides `after`"),
     ),
     responses(
-        (status = 200, description = "`text/event-stream`: `id: <cursor>` (where to resume after this event), `event: <type>`, `data: <event JSON>`; keep-alive comments while idle. Ends when the key is revoked (within 2 s) or expires; a failure ends it with `event: error` and a problem document as data", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `id: <cursor>` (where to resume after this event), `event: <type>`, `data: <event JSON>`; keep-alive comments while idle. Ends at the credential's end (the key's expiry, the token's `exp`, the end of a rolled secret's grace period) and within 2 s of a revocation, a roll without grace, or the deletion of the token's client; a failure ends it with `event: error` and a problem document as data", content_type = "text/event-stream", body = String,
+            example = json!("id: 120\nevent: order.created\ndata: {\"id\":\"evt_6373d625f1425e69b5e188349f2411a9\",\"type\":\"order.created\",\"data\":{\"order\":42},\"stream\":\"order/42\",\"stream_version\":1,\"partition\":0,\"position\":120,\"recorded_at\":\"2026-03-01T10:00:00.123456Z\",\"livemode\":true}\n\n: keep-alive\n\n")),
         (status = 400, description = "Invalid query, or a malformed `after` or `Last-Event-ID` cursor (or one for another number of partitions)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `events:read`", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = [])),
+    security(("api_key" = ["events:read"]), ("oauth2" = ["events:read"])),
 )]
 pub(crate) async fn stream(
     State(state): State<AppState>,
@@ -176,19 +179,34 @@ fn error_event(problem: &Problem) -> SseEvent {
     SseEvent::default().event("error").data(body)
 }
 
-/// Resolves once the caller's key stops authenticating: at its expiry, or
-/// at the first periodic check that finds it revoked (or cannot tell).
+/// Resolves once the caller's credential stops authenticating: when its
+/// end has passed (a key's expiry, a rolled secret's grace, a token's
+/// `exp`), or at the first periodic check that finds it revoked, rolled
+/// away, deleted (or cannot tell). Each check also learns the end anew,
+/// since a roll after the stream opened brings it closer.
 async fn key_invalid(state: AppState, caller: Caller) {
     let interval = state.options.sse_key_recheck;
+    let mut ends_at = caller.expires_at;
     loop {
-        let until_expiry = caller
-            .expires_at
-            .map(|expires_at| (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO));
-        let wait = until_expiry.map_or(interval, |until| until.min(interval));
-        tokio::time::sleep(wait).await;
-        if let Err(problem) = auth::recheck(&state, &caller).await {
-            tracing::info!(key = %caller.key_id, reason = %problem, "ending an event stream");
-            return;
+        let until_end = match ends_at {
+            None => None,
+            Some(ends_at) => match (ends_at - Utc::now()).to_std() {
+                Ok(left) if !left.is_zero() => Some(left),
+                // Ended: stop here rather than ask the read model again,
+                // which may not know (a token's expiry is its own).
+                _ => {
+                    tracing::info!(key = %caller.key_id, %ends_at, "ending an event stream: ended");
+                    return;
+                }
+            },
+        };
+        tokio::time::sleep(until_end.map_or(interval, |left| left.min(interval))).await;
+        match auth::recheck(&state, &caller).await {
+            Ok(end) => ends_at = end,
+            Err(problem) => {
+                tracing::info!(key = %caller.key_id, reason = %problem, "ending an event stream");
+                return;
+            }
         }
     }
 }

@@ -129,7 +129,7 @@ const CSV: &str = "text/csv; charset=utf-8";
         (status = 401, description = "Missing, unknown, revoked or expired key", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "The key lacks `usage:read`", body = ProblemBody, content_type = "application/problem+json"),
     ),
-    security(("api_key" = ["usage:read"])),
+    security(("api_key" = ["usage:read"]), ("oauth2" = ["usage:read"])),
 )]
 pub(crate) async fn usage(
     State(state): State<AppState>,

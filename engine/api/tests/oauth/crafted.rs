@@ -5,7 +5,7 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::Utc;
+use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use spool_log::NewEvent;
@@ -35,6 +35,20 @@ impl TestKey {
     }
 
     async fn publish(&self, h: &Harness) {
+        let now = Utc::now();
+        self.publish_as(h, TenantId::SYSTEM, now + Duration::hours(1), now + Duration::hours(2))
+            .await;
+    }
+
+    /// Published by `tenant`, signing until `signs_until` and verifying
+    /// until `verify_until`.
+    async fn publish_as(
+        &self,
+        h: &Harness,
+        tenant: TenantId,
+        signs_until: DateTime<Utc>,
+        verify_until: DateTime<Utc>,
+    ) {
         let published = OAuthSigningKeyPublished {
             kid: self.kid,
             jwk: PublicJwk {
@@ -43,16 +57,12 @@ impl TestKey {
                 alg: "EdDSA".into(),
                 x: self.public_x.clone(),
             },
-            signs_until: Utc::now() + chrono::Duration::hours(1),
-            verify_until: Utc::now() + chrono::Duration::hours(2),
+            signs_until,
+            verify_until,
         };
         let stream = StreamName::new(format!("oauth/{}", self.kid)).unwrap();
-        h.append(vec![NewEvent::new(
-            TenantId::SYSTEM,
-            stream,
-            Event::OAuthSigningKeyPublished(published),
-        )])
-        .await;
+        h.append(vec![NewEvent::new(tenant, stream, Event::OAuthSigningKeyPublished(published))])
+            .await;
     }
 
     fn sign(&self, header: Header, claims: &Value) -> String {
@@ -226,4 +236,63 @@ async fn crafted_tokens_are_refused_for_every_flaw() {
     let response = read(revoked).await;
     assert_eq!(response.status, StatusCode::UNAUTHORIZED);
     assert!(response.json["detail"].as_str().unwrap().contains("revoked"), "{}", response.json);
+}
+
+/// Regression: verification ignored a key's `signs_until` and
+/// `verify_until`, and the read model took signing keys from any tenant's
+/// events. A token is now refused when issued after its key stopped
+/// signing or presented after the key stopped verifying, and a key only
+/// counts when Spool (the system tenant) published it.
+#[tokio::test]
+async fn tokens_are_refused_outside_their_key_s_windows_and_keys_only_come_from_spool() {
+    let h = harness().await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let client = create_client(&h, &admin, &["events:read"]).await;
+    let now = Utc::now();
+    let claims = |iat: DateTime<Utc>| {
+        json!({
+            "iss": ISSUER, "aud": "spool-api", "sub": client.id, "client_id": client.id,
+            "iat": iat.timestamp(), "exp": (now + Duration::minutes(10)).timestamp(),
+            "jti": TokenId::new(), "scope": "events:read", "tenant": admin.tenant,
+        })
+    };
+    let read = |token: String| {
+        let caller = bearer(admin.tenant, &token);
+        let h = &h;
+        async move { h.get(Some(&caller), "/v1/events").await }
+    };
+    let refused = |response: crate::support::Response, named: &str| {
+        assert_eq!(response.status, StatusCode::UNAUTHORIZED, "{named}: {}", response.json);
+        assert_eq!(response.problem_type(), "https://spool.dev/problems/invalid-token");
+        let detail = response.json["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains(named), "{detail:?} does not name {named:?}");
+    };
+
+    // Stopped signing an hour ago, still verifying: what it signed before
+    // then works, a token issued since was not made by Spool.
+    let retiring = TestKey::new();
+    let signs_until = now - Duration::hours(1);
+    retiring.publish_as(&h, TenantId::SYSTEM, signs_until, now + Duration::hours(1)).await;
+    let in_time = retiring.sign(header_for(retiring.kid), &claims(signs_until));
+    assert_eq!(read(in_time).await.status, StatusCode::OK);
+    let late = retiring.sign(header_for(retiring.kid), &claims(now));
+    refused(read(late).await, "stopped signing");
+
+    // No longer verifying at all, though the token has not expired.
+    let retired = TestKey::new();
+    retired
+        .publish_as(&h, TenantId::SYSTEM, now - Duration::hours(2), now - Duration::seconds(1))
+        .await;
+    let token = retired.sign(header_for(retired.kid), &claims(now - Duration::hours(3)));
+    refused(read(token).await, "no longer verifies");
+
+    // Published by a tenant, or by its sandbox twin: not a key of Spool's.
+    for tenant in [admin.tenant, admin.tenant.test_twin()] {
+        let foreign = TestKey::new();
+        foreign.publish_as(&h, tenant, now + Duration::hours(1), now + Duration::hours(2)).await;
+        let token = foreign.sign(header_for(foreign.kid), &claims(now));
+        refused(read(token).await, "`kid`");
+        let jwks = h.get(None, "/.well-known/jwks.json").await.json;
+        assert!(!jwks.to_string().contains(&foreign.kid.to_string()), "{jwks}");
+    }
 }

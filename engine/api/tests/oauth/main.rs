@@ -7,6 +7,7 @@
 mod support;
 
 mod crafted;
+mod rotation;
 
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ async fn create_client(h: &Harness, admin: &Key, scopes: &[&str]) -> Client {
     )
     .await;
     assert_eq!(response.status, StatusCode::CREATED, "{}", response.json);
+    // The answer holds the client's secret: no cache may keep it.
+    assert_eq!(response.headers[header::CACHE_CONTROL], "no-store");
     Client {
         id: response.json["id"].as_str().unwrap().to_owned(),
         secret: response.json["client_secret"].as_str().unwrap().to_owned(),
@@ -682,6 +685,33 @@ async fn an_event_stream_opened_with_a_token_ends_when_the_token_is_revoked() {
     read_sse(&mut body, |text| text.contains("event: order.created")).await;
     post_form(&h, "/oauth/revoke", Auth::Basic(&client), &[("token", &access_token)]).await;
     read_to_end(&mut body, Duration::from_secs(5)).await;
+}
+
+/// Regression: a stream opened with a token woke at the token's `exp`,
+/// found it neither revoked nor of a deleted client, and spun on the read
+/// model instead of ending. Rechecks are slowed down here, so that the
+/// stream can only end by the token's expiry.
+#[tokio::test]
+async fn an_event_stream_opened_with_a_token_ends_when_the_token_expires() {
+    let options = ApiOptions {
+        sse_key_recheck: Duration::from_secs(60),
+        oauth: OAuthOptions { token_lifetime: Duration::from_secs(2), ..OAuthOptions::default() },
+        ..ApiOptions::default()
+    };
+    let h = harness_with(options, |log| log).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let client = create_client(&h, &admin, &["events:read"]).await;
+    let access_token = token(&h, &client, None).await;
+    let exp = decode_part(&access_token, 1)["exp"].as_i64().unwrap();
+    let caller = bearer(admin.tenant, &access_token);
+    let response =
+        h.app.clone().oneshot(support::stream_request(&caller, "/v1/events/stream")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body().into_data_stream();
+    h.post_json(&admin, json!({"type": "order.created"})).await;
+    read_sse(&mut body, |text| text.contains("event: order.created")).await;
+    read_to_end(&mut body, Duration::from_secs(5)).await;
+    assert!(Utc::now().timestamp() >= exp, "the stream ended before the token expired");
 }
 
 #[tokio::test]

@@ -135,6 +135,7 @@ async fn harness_on(
         metrics: None,
         shutdown: stopped.clone(),
         options,
+        oauth_keys: Default::default(),
     };
     let mut recorder_stopped = stopped;
     tokio::spawn(recorder.run(async move {
