@@ -363,16 +363,25 @@ async fn select(
          SELECT (minute / $2) * $2{groups}, bucket, CAST(SUM(count) AS BIGINT), CAST(0 AS BIGINT) \
          FROM {BUCKETS} WHERE {range} GROUP BY 1{groups}, bucket"
     );
-    let mut read = views.read_holding(&[MINUTES, BUCKETS]).await?;
-    let rows = sqlx::query(&sql)
-        .bind(tenant.to_string())
-        .bind(query.granularity.seconds())
-        .bind(ceil_seconds(query.from))
-        .bind(ceil_seconds(query.to))
-        .fetch_all(&mut *read)
-        .await?;
-    read.commit().await?;
-    Ok(rows)
+    let (views, seconds) = (views.clone(), query.granularity.seconds());
+    let (from, to) = (ceil_seconds(query.from), ceil_seconds(query.to));
+    // On a task of its own: a request cancelled (its client gone) part-way
+    // through the transaction could otherwise hand its connection back to
+    // the pool still inside it, where sqlx refuses the next `BEGIN` (seen
+    // as every projection failing on "non-zero transaction depth").
+    let read = tokio::spawn(async move {
+        let mut read = views.read_holding(&[MINUTES, BUCKETS]).await?;
+        let rows = sqlx::query(&sql)
+            .bind(tenant.to_string())
+            .bind(seconds)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&mut *read)
+            .await?;
+        read.commit().await?;
+        Ok::<_, Error>(rows)
+    });
+    read.await.map_err(|error| Error::Invalid(format!("the usage query stopped: {error}")))?
 }
 
 /// The row's start and group values, and the index of its next column.
