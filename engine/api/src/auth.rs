@@ -4,14 +4,20 @@
 //! of the auth read model, then checked for revocation, expiry (the key's,
 //! and the secret's own end once a roll replaced it) and scope.
 //!
-//! The read model is read on every request, with no cache in between: a
-//! revocation takes effect on every instance as soon as the `auth`
-//! projection has applied it, well within a second. Looking up by digest
-//! is what keeps the comparison constant-time: the database compares
-//! SHA-256 digests, never the secret.
+//! A key found is kept in the [`AuthCache`](crate::AuthCache) for at most
+//! `ApiOptions::auth_cache_ttl` (500 ms by default), so most requests cost
+//! no query. A revocation still holds on every instance within a second:
+//! the `auth` projection applies it within milliseconds, and a cached
+//! record is read again once its TTL is over; the instance that revoked
+//! (or rolled) the key drops it from its cache at once. Misses are never
+//! cached (a new key works at once), and expiry is checked against the
+//! clock on every request, from the cached record. Looking up by digest
+//! is what keeps the comparison constant-time: the database (or the cache)
+//! compares SHA-256 digests, never the secret.
 //!
 //! A request that outlives its authentication (a live event stream) checks
-//! again with [`recheck`]: through the same secret's digest, kept in the
+//! again with [`recheck`], from the read model rather than the cache:
+//! through the same secret's digest, kept in the
 //! [`Caller`] (never the secret itself), so that a roll ending that secret
 //! ends the stream too, not only a revocation or the key's expiry.
 
@@ -143,9 +149,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
         .map_err(|error| Problem::new(ProblemKind::INVALID_KEY, error.to_string()))?;
     auth_available(state)?;
     let hash = SecretHash(keys::hash_secret(secret));
-    let found = spool_projections::auth::secret_by_hash(&state.views, &hash.0)
-        .await?
-        .ok_or_else(invalid)?;
+    let found = lookup(state, &hash).await?.ok_or_else(invalid)?;
     // The prefix is part of what the digest covers, so a mismatch means a
     // key stored in the wrong mode: refuse rather than cross modes.
     if keys::Mode::of(found.key.tenant) != mode {
@@ -162,6 +166,21 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, Problem
         token: None,
         secret_hash: Some(hash),
     })
+}
+
+/// The key whose secret has the digest `hash`: from the cache when read
+/// within the TTL, else from the read model (and then cached if it stands).
+async fn lookup(state: &AppState, hash: &SecretHash) -> Result<Option<SecretMatch>, Problem> {
+    let ttl = state.options.auth_cache_ttl;
+    if let Some(found) = state.auth_cache.key(&hash.0, ttl) {
+        return Ok(Some(found));
+    }
+    let epoch = state.auth_cache.key_epoch();
+    let found = spool_projections::auth::secret_by_hash(&state.views, &hash.0).await?;
+    if let Some(found) = found.as_ref().filter(|found| !found.key.revoked) {
+        state.auth_cache.insert_key(hash.0.clone(), found.clone(), epoch, ttl);
+    }
+    Ok(found)
 }
 
 /// Whether `caller`'s credential still authenticates, for requests that

@@ -16,6 +16,7 @@
 //! and deprecated routes announce their sunset ([`deprecation`]).
 
 mod auth;
+mod auth_cache;
 pub mod commands;
 pub mod deprecation;
 pub mod idempotency;
@@ -40,6 +41,7 @@ use spool_projections::{CurrentRunner, Views};
 use tokio::sync::watch;
 
 pub use auth::Caller;
+pub use auth_cache::AuthCache;
 pub use deprecation::{DeprecatedRoute, Deprecations};
 pub use idempotency::IdempotencyOptions;
 pub use oauth::OAuthOptions;
@@ -81,6 +83,11 @@ pub struct ApiOptions {
     pub oauth: OAuthOptions,
     /// Rate limiting: built-in limits, the shared store.
     pub rate_limits: RateLimitOptions,
+    /// How long a successful credential lookup (an API key's record, an
+    /// access token's standing) is trusted before the read model is asked
+    /// again: the longest a revocation made elsewhere (another instance,
+    /// the CLI) waits here once projected. Zero: no cache.
+    pub auth_cache_ttl: Duration,
 }
 
 impl Default for ApiOptions {
@@ -93,6 +100,7 @@ impl Default for ApiOptions {
             public_url: DEFAULT_PUBLIC_URL.to_owned(),
             oauth: OAuthOptions::default(),
             rate_limits: RateLimitOptions::default(),
+            auth_cache_ttl: Duration::from_millis(500),
         }
     }
 }
@@ -115,6 +123,9 @@ pub struct AppState {
     /// The public keys that verify access tokens, kept once read
     /// (`VerifyingKeys::default()`; clones of one state share it).
     pub oauth_keys: oauth::VerifyingKeys,
+    /// Recent successful credential lookups (`AuthCache::default()`;
+    /// clones of one state share it): see [`auth_cache`].
+    pub auth_cache: AuthCache,
 }
 
 /// The whole API: `/v1` routes (authenticated, each request recorded as an

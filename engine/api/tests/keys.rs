@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use spool_api::ApiOptions;
 use spool_api::keys::{self, Mode};
 use spool_log::{Append, NewEvent};
 use spool_schemas::{Event, KeyCreated, KeyId, Scope, StreamName, TenantId};
@@ -511,4 +512,103 @@ async fn the_openapi_document_describes_every_key_route_with_its_scope_errors_an
     for slug in ["unknown-scope", "live-mode-required"] {
         assert!(description.contains(slug), "{slug}");
     }
+}
+
+/// A harness whose auth cache trusts an entry for `ttl`.
+async fn cached_for(ttl: Duration) -> Harness {
+    harness_with(ApiOptions { auth_cache_ttl: ttl, ..ApiOptions::default() }, |log| log).await
+}
+
+/// Longer than any test: only an invalidation, or the clock, ends an entry.
+const LONG_TTL: Duration = Duration::from_secs(600);
+
+#[tokio::test]
+async fn a_cached_key_revoked_through_the_route_fails_on_the_very_next_request() {
+    let h = cached_for(LONG_TTL).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let reader = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    assert_eq!(h.get(Some(&reader), "/v1/events").await.status, StatusCode::OK);
+
+    let uri = format!("/v1/keys/{}", reader.key_id);
+    assert_eq!(call(&h, &admin, Method::DELETE, &uri, None).await.status, StatusCode::OK);
+    let refused = h.get(Some(&reader), "/v1/events").await;
+    assert_problem(&refused, StatusCode::UNAUTHORIZED, "revoked-key", &reader.key_id.to_string());
+
+    // A roll without grace ends the cached old secret at once too.
+    let other = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    assert_eq!(h.get(Some(&other), "/v1/events").await.status, StatusCode::OK);
+    let uri = format!("/v1/keys/{}/roll", other.key_id);
+    assert_eq!(call(&h, &admin, Method::POST, &uri, None).await.status, StatusCode::OK);
+    let ended = h.get(Some(&other), "/v1/events").await;
+    assert_problem(&ended, StatusCode::UNAUTHORIZED, "expired-key", "roll");
+}
+
+#[tokio::test]
+async fn a_key_revoked_behind_the_cache_s_back_fails_within_the_ttl() {
+    let ttl = ApiOptions::default().auth_cache_ttl;
+    assert_eq!(ttl, Duration::from_millis(500));
+    let h = cached_for(ttl).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let reader = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    assert_eq!(h.get(Some(&reader), "/v1/events").await.status, StatusCode::OK);
+
+    // As the CLI or another instance would: straight into the log, then
+    // waiting until the projection has applied it.
+    h.revoke(&reader).await;
+    let applied = std::time::Instant::now();
+    let refused = until_status(&h, &reader, StatusCode::UNAUTHORIZED, ttl * 2).await;
+    assert!(applied.elapsed() <= ttl + Duration::from_millis(300), "{:?}", applied.elapsed());
+    assert_problem(&refused, StatusCode::UNAUTHORIZED, "revoked-key", &reader.key_id.to_string());
+}
+
+#[tokio::test]
+async fn the_cache_serves_a_key_until_its_ttl_which_is_why_the_ttl_is_short() {
+    let h = cached_for(LONG_TTL).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let reader = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    assert_eq!(h.get(Some(&reader), "/v1/events").await.status, StatusCode::OK);
+    h.revoke(&reader).await;
+    // Cached: the read model is not asked again within the TTL.
+    assert_eq!(h.get(Some(&reader), "/v1/events").await.status, StatusCode::OK);
+
+    // Never a miss: a key unknown a moment ago works as soon as it exists.
+    let unknown = Key { key_id: KeyId::new(), ..reader.clone() };
+    let generated = keys::generate();
+    let later = Key { secret: generated.secret.clone(), ..unknown };
+    assert_eq!(h.get(Some(&later), "/v1/events").await.status, StatusCode::UNAUTHORIZED);
+    h.append(vec![NewEvent::new(
+        admin.tenant,
+        StreamName::new(format!("key/{}", generated.key_id)).unwrap(),
+        Event::KeyCreated(KeyCreated {
+            key_id: generated.key_id,
+            name: "later".into(),
+            secret_hash: generated.secret_hash,
+            scopes: vec![Scope::EventsRead],
+            expires_at: None,
+        }),
+    )])
+    .await;
+    assert_eq!(h.get(Some(&later), "/v1/events").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn expiry_is_checked_on_every_request_from_a_cached_key() {
+    let h = cached_for(LONG_TTL).await;
+    let admin = h.tenant(&[Scope::Admin]).await;
+    let expires_at = Utc::now() + chrono::Duration::milliseconds(1500);
+    let brief = h.key(admin.tenant, &[Scope::EventsRead], Some(expires_at)).await;
+    assert_eq!(h.get(Some(&brief), "/v1/events").await.status, StatusCode::OK);
+    let expired = until_status(&h, &brief, StatusCode::UNAUTHORIZED, Duration::from_secs(5)).await;
+    assert!(Utc::now() >= expires_at);
+    assert_problem(&expired, StatusCode::UNAUTHORIZED, "expired-key", "expired");
+
+    // A rolled secret's grace end, likewise.
+    let old = h.key(admin.tenant, &[Scope::EventsRead], None).await;
+    assert_eq!(h.get(Some(&old), "/v1/events").await.status, StatusCode::OK);
+    let uri = format!("/v1/keys/{}/roll", old.key_id);
+    let rolled = call(&h, &admin, Method::POST, &uri, Some(json!({"grace_period_seconds": 1})));
+    assert_eq!(rolled.await.status, StatusCode::OK);
+    assert_eq!(h.get(Some(&old), "/v1/events").await.status, StatusCode::OK);
+    let ended = until_status(&h, &old, StatusCode::UNAUTHORIZED, Duration::from_secs(5)).await;
+    assert_problem(&ended, StatusCode::UNAUTHORIZED, "expired-key", "roll");
 }

@@ -266,6 +266,7 @@ async fn start(
         shutdown: streams_stopped,
         options: ApiOptions::default(),
         oauth_keys: Default::default(),
+        auth_cache: Default::default(),
     };
     let signal = ShutdownSignal::install()?;
     let listener = tokio::net::TcpListener::bind(listen)

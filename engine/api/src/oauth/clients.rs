@@ -242,6 +242,7 @@ pub(crate) async fn delete(
         Ok(spool_projections::oauth::client(views, client_id).await?.is_none_or(|c| c.deleted))
     })
     .await?;
+    state.auth_cache.invalidate_client(client_id);
     if !seen {
         tracing::warn!(%client_id, "a client deletion is stored but not yet in the read model");
     }

@@ -332,6 +332,7 @@ async fn append_revocation(
         spool_projections::oauth::token_revoked(views, jti).await
     })
     .await?;
+    state.auth_cache.invalidate_token(jti);
     if !seen {
         tracing::warn!(%jti, "a token revocation is stored but not yet in the oauth read model");
     }

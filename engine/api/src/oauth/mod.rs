@@ -32,8 +32,9 @@
 //!   `iat` after its key's `signs_until` or a key past its `verify_until`,
 //!   a revoked `jti` or a deleted client. Public keys are kept in memory
 //!   once read (`verifying.rs`: a published key never changes); revocations
-//!   and deletions are read from the read model on every request (one
-//!   query), so they hold on every instance.
+//!   and deletions are read from the read model (one query), and a token
+//!   found standing is trusted for `ApiOptions::auth_cache_ttl` (see
+//!   `auth_cache`), so they hold on every instance within a second.
 //! - `POST /oauth/introspect` (a client of the tenant, or an `admin`
 //!   bearer) and `POST /oauth/revoke` (the token's own client).
 //! - *Waiting for the read model*: a route whose change must hold when it

@@ -174,8 +174,28 @@ pub(crate) async fn verify(state: &AppState, token: &str, now: DateTime<Utc>) ->
 }
 
 /// Whether the token `jti` of `client_id` still stands (not revoked, its
-/// client not deleted), in one read: the client if so.
+/// client not deleted): the client if so. From the auth cache when it
+/// stood within `ApiOptions::auth_cache_ttl` (see `auth_cache`), else in
+/// one read, cached when it stands.
 async fn standing(
+    state: &AppState,
+    client_id: ClientId,
+    jti: TokenId,
+) -> Result<Result<ClientRecord, Refusal>, Problem> {
+    let ttl = state.options.auth_cache_ttl;
+    if let Some(client) = state.auth_cache.token(client_id, jti, ttl) {
+        return Ok(Ok(client));
+    }
+    let epoch = state.auth_cache.token_epoch();
+    let standing = read_standing(state, client_id, jti).await?;
+    if let Ok(client) = &standing {
+        state.auth_cache.insert_token(client_id, jti, client.clone(), epoch, ttl);
+    }
+    Ok(standing)
+}
+
+/// [`standing`] from the read model itself, as a live stream rechecks.
+async fn read_standing(
     state: &AppState,
     client_id: ClientId,
     jti: TokenId,
@@ -239,7 +259,7 @@ pub(crate) async fn recheck(state: &AppState, grant: TokenGrant) -> Result<(), P
         return Err(Refusal::Expired.problem());
     }
     super::available(state)?;
-    standing(state, grant.client_id, grant.jti).await?.map(|_| ()).map_err(Refusal::problem)
+    read_standing(state, grant.client_id, grant.jti).await?.map(|_| ()).map_err(Refusal::problem)
 }
 
 #[cfg(test)]

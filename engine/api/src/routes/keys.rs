@@ -467,6 +467,9 @@ async fn change_key<T>(
         match state.log.append(key.change(event)).await {
             Ok(appended) => {
                 wait_applied(state, &appended).await;
+                // Only once applied: a lookup in between would cache the
+                // key as it was again.
+                state.auth_cache.invalidate_key(key_id);
                 return Ok((key, Some(decided)));
             }
             Err(spool_log::Error::Conflict(_)) => continue,

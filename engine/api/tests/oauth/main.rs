@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cache;
 mod crafted;
 mod rotation;
 

@@ -136,6 +136,7 @@ async fn harness_on(
         shutdown: stopped.clone(),
         options,
         oauth_keys: Default::default(),
+        auth_cache: Default::default(),
     };
     let mut recorder_stopped = stopped;
     tokio::spawn(recorder.run(async move {
