@@ -23,7 +23,11 @@ use support::*;
 
 /// The Redis the machine runs; the tests write only under a prefix of
 /// their own.
-const REDIS: &str = "redis://127.0.0.1:6379";
+/// The Redis the shared-store tests use, set by `scripts/services`.
+fn redis_url() -> String {
+    std::env::var("SPOOL_TEST_REDIS")
+        .expect("SPOOL_TEST_REDIS is not set: run the tests through scripts/test")
+}
 
 /// A key's `RateLimit` header, parsed: (policy, r, t).
 fn remaining(response: &Response) -> (String, u64, u64) {
@@ -637,7 +641,7 @@ async fn mirror_key(into: &Harness, key: &Key, scopes: &[Scope]) {
 fn shared(prefix: &str, default_limit: RateLimit) -> RateLimitOptions {
     RateLimitOptions {
         default_limit,
-        store: Some(SharedStore::redis(REDIS).unwrap().with_prefix(prefix)),
+        store: Some(SharedStore::redis(&redis_url()).unwrap().with_prefix(prefix)),
         ..RateLimitOptions::default()
     }
 }
@@ -676,7 +680,7 @@ async fn two_instances_sharing_redis_allow_what_one_limit_allows() {
     // Another key has a budget of its own, in either instance.
     assert_eq!(get_through(&second, &other).await.status, StatusCode::OK);
     // What Redis holds: one TAT per key, expiring, under the prefix.
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let ttl: i64 = redis::cmd("PTTL")
         .arg(format!("{prefix}{}", key.key_id))
@@ -779,7 +783,7 @@ async fn the_shared_store_counts_intervals_below_a_microsecond_exactly() {
     // The key's TAT, put two seconds ahead of Redis's clock: while it is
     // ahead, each request moves it by exactly one interval, however long
     // the requests take.
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let (seconds, micros): (u64, u64) =
         redis::cmd("TIME").query_async(&mut connection).await.unwrap();

@@ -642,7 +642,9 @@ async fn serve_names_an_unreachable_broker_or_database_and_exits_non_zero() {
 #[tokio::test]
 async fn a_key_limit_kept_in_redis_outlives_a_restart() {
     let data = tempfile::tempdir().unwrap();
-    let redis = [("SPOOL_RATE_LIMIT_STORE", "redis://127.0.0.1:6379")];
+    let url = std::env::var("SPOOL_TEST_REDIS")
+        .expect("SPOOL_TEST_REDIS is not set: run the tests through scripts/test");
+    let redis = [("SPOOL_RATE_LIMIT_STORE", url.as_str())];
     let mut server = serve_with(data.path(), &redis).await;
     let (key, key_id) = (server.admin_key.clone().unwrap(), server.admin_key_id.clone().unwrap());
     let http = reqwest::Client::new();
