@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::{EventView, cursor, event_filter, is_app_event, query};
-use crate::{AppState, Caller, DEFAULT_PAGE, MAX_BATCH_EVENTS, MAX_BODY_BYTES, MAX_PAGE};
+use crate::{AppState, Caller, DEFAULT_PAGE, MAX_BATCH_EVENTS, MAX_PAGE};
 
 /// How many reads one page may take before it answers with what it has
 /// (and `has_more`), so a sparse filter over a long log stays bounded.
@@ -179,20 +179,7 @@ pub(crate) async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<IngestResponse>), Problem> {
     caller.require(Scope::EventsWrite)?;
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            Problem::new(
-                ProblemKind::BODY_TOO_LARGE,
-                format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
-            )
-        }
-        // The client sent a body that could not be read to its end (a
-        // broken chunked encoding, a connection reset): not a size problem.
-        BytesRejection::FailedToBufferBody(_) => {
-            Problem::new(ProblemKind::UNREADABLE_BODY, "the request body could not be read")
-        }
-        other => Problem::new(ProblemKind::INVALID_BODY, other.body_text()),
-    })?;
+    let body = super::body_bytes(body)?;
     let incoming = parse_body(&headers, &body)?;
     let tenant = caller.tenant;
 

@@ -15,12 +15,11 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spool_log::{Appended, NewEvent};
 use spool_projections::auth::{self, KeyRecord};
@@ -31,7 +30,7 @@ use crate::commands::{self, KeyOptions, KeyState};
 use crate::keys::Mode;
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::query;
-use crate::{AppState, Caller, MAX_BODY_BYTES};
+use crate::{AppState, Caller};
 
 /// The longest grace period a roll may give the old secret: 7 days.
 pub const MAX_GRACE_PERIOD_SECONDS: u64 = 7 * 24 * 3600;
@@ -190,8 +189,8 @@ pub(crate) async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     caller.require(Scope::Admin)?;
-    let request: CreateKeyRequest =
-        json_body(body)?.ok_or_else(|| invalid("send a JSON object with `name` and `scopes`"))?;
+    let request: CreateKeyRequest = super::optional_json_body(body)?
+        .ok_or_else(|| invalid("send a JSON object with `name` and `scopes`"))?;
     let options = key_options(&caller, request)?;
     let (key, event) = commands::new_key(caller.tenant, options);
     let appended = state.log.append(spool_log::Append::new(vec![event])).await?;
@@ -388,7 +387,7 @@ pub(crate) async fn roll(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
     caller.require(Scope::Admin)?;
-    let request: RollKeyRequest = json_body(body)?.unwrap_or_default();
+    let request: RollKeyRequest = super::optional_json_body(body)?.unwrap_or_default();
     let grace = request.grace_period_seconds.unwrap_or(0);
     if grace > MAX_GRACE_PERIOD_SECONDS {
         return Err(invalid(format!(
@@ -537,34 +536,5 @@ fn parse_scope(index: usize, text: &str) -> Result<Scope, Problem> {
                 known.join(", ")
             ),
         )
-    })
-}
-
-/// The body as `T`; `None` when it is empty.
-fn json_body<T: DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Option<T>, Problem> {
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            Problem::new(
-                ProblemKind::BODY_TOO_LARGE,
-                format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
-            )
-        }
-        _ => Problem::new(ProblemKind::UNREADABLE_BODY, "the request body could not be read"),
-    })?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
-    }
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|error| Problem::new(ProblemKind::MALFORMED_JSON, error.to_string()))?;
-    // The path names the field at fault (`grace_period_seconds: invalid
-    // value…`), which serde's own message does not.
-    serde_path_to_error::deserialize(json).map(Some).map_err(|error| {
-        let path = error.path().to_string();
-        match path.as_str() {
-            "." => invalid(error.into_inner().to_string()),
-            _ => invalid(format!("{path}: {}", error.into_inner())),
-        }
     })
 }

@@ -10,15 +10,69 @@ pub mod stats;
 pub mod stream;
 pub mod usage;
 
+use axum::body::Bytes;
 use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, QueryRejection};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use spool_log::{Cursor, Filter, Log, StoredEvent, TypeFilter};
 use spool_schemas::{AppEventType, EventId, StreamName, TenantId};
 use utoipa::ToSchema;
 
+use crate::MAX_BODY_BYTES;
 use crate::problem::{Problem, ProblemKind};
+
+/// The request body: `413` past [`MAX_BODY_BYTES`], `400` when it could
+/// not be read to its end.
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Problem> {
+    body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+            Problem::new(
+                ProblemKind::BODY_TOO_LARGE,
+                format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
+            )
+        }
+        // The client sent a body that could not be read to its end (a
+        // broken chunked encoding, a connection reset): not a size problem.
+        BytesRejection::FailedToBufferBody(_) => {
+            Problem::new(ProblemKind::UNREADABLE_BODY, "the request body could not be read")
+        }
+        other => Problem::new(ProblemKind::INVALID_BODY, other.body_text()),
+    })
+}
+
+/// A JSON body as `T`: `400` when it is not JSON, `422` when it is not a
+/// `T`, naming the field at fault (`grace_period_seconds: invalid value…`),
+/// which serde's own message does not.
+pub(crate) fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    parse_json(&body_bytes(body)?)
+}
+
+/// Like [`json_body`], for bodies that may be left out: `None` when empty.
+pub(crate) fn optional_json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Option<T>, Problem> {
+    let body = body_bytes(body)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_json(&body).map(Some)
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|error| Problem::new(ProblemKind::MALFORMED_JSON, error.to_string()))?;
+    serde_path_to_error::deserialize(json).map_err(|error| {
+        let detail = match error.path().to_string().as_str() {
+            "." => error.into_inner().to_string(),
+            path => format!("{path}: {}", error.into_inner()),
+        };
+        Problem::new(ProblemKind::INVALID_BODY, detail)
+    })
+}
 
 /// An event as the API shows it: the envelope's fields, flat.
 #[derive(Serialize, ToSchema)]

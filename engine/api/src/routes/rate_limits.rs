@@ -18,10 +18,9 @@
 //! new limit (other instances follow within the limiter's cache TTL, 1 s).
 
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use spool_log::{Append, Appended, NewEvent};
 use spool_projections::rate_limits::{self as read_model, KeyLimit, TierRecord};
@@ -33,7 +32,7 @@ use utoipa::ToSchema;
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::ratelimit::{self, RateLimiter};
-use crate::{AppState, Caller, MAX_BODY_BYTES};
+use crate::{AppState, Caller};
 
 /// How long an answer waits for this instance's `rate_limits` projection
 /// to apply the change before answering anyway (it is stored either way).
@@ -204,7 +203,7 @@ pub(crate) async fn set_tier(
     caller.require(Scope::Admin)?;
     let tier = TierName::new(tier)
         .map_err(|error| Problem::new(ProblemKind::INVALID_TIER_NAME, error.to_string()))?;
-    let request: LimitRequest = json_body(body)?;
+    let request: LimitRequest = super::json_body(body)?;
     let limit = rate_limit(&request, state.options.rate_limits.max_limit)?;
     let event = NewEvent::new(
         caller.tenant,
@@ -277,7 +276,7 @@ pub(crate) async fn set_key(
 ) -> Result<Json<KeyLimitView>, Problem> {
     caller.require(Scope::Admin)?;
     let (key_id, tenant) = visible_key(&state, &caller, &id).await?;
-    let request: KeyLimitRequest = json_body(body)?;
+    let request: KeyLimitRequest = super::json_body(body)?;
     let tiers = read_model::tiers(&state.views, tenant).await?;
     let (set, event) = match (request.tier, request.limit) {
         (Some(tier), None) => {
@@ -383,27 +382,4 @@ fn rate_limit(request: &LimitRequest, ceiling: RateLimit) -> Result<RateLimit, P
 
 fn invalid(detail: impl Into<String>) -> Problem {
     Problem::new(ProblemKind::INVALID_BODY, detail)
-}
-
-/// A JSON body as `T`: `400` when it is not JSON, `422` when it is not a `T`.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, Problem> {
-    let body = body.map_err(|rejection| match rejection {
-        BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-            Problem::new(
-                ProblemKind::BODY_TOO_LARGE,
-                format!("the request body may hold at most {MAX_BODY_BYTES} bytes"),
-            )
-        }
-        _ => Problem::new(ProblemKind::UNREADABLE_BODY, "the request body could not be read"),
-    })?;
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|error| Problem::new(ProblemKind::MALFORMED_JSON, error.to_string()))?;
-    serde_path_to_error::deserialize(json).map_err(|error| {
-        let path = error.path().to_string();
-        invalid(if path == "." {
-            error.into_inner().to_string()
-        } else {
-            format!("{path}: {}", error.into_inner())
-        })
-    })
 }
