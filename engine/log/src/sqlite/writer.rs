@@ -272,26 +272,24 @@ impl Writer {
             answers.push(Ok(decided.results));
         }
 
-        if careful {
-            insert_streams(&mut self.connection, &new_streams).await?;
-            insert_rows(&mut self.connection, &rows).await?;
-            sqlx::query("COMMIT").execute(&mut self.connection).await?;
-        } else if rows.is_empty() {
+        if rows.is_empty() && !careful {
             // Nothing written, so no key checked the caches the answers
             // came from: check them against SQLite's head instead.
             if self.db_head().await? != self.head {
                 self.stale = true;
                 return Ok(None);
             }
-        } else if new_streams.is_empty() && rows.len() <= ROWS_PER_INSERT {
-            // The common case: one statement, which is its own transaction,
-            // so one round trip to SQLite's thread instead of four.
-            insert_rows(&mut self.connection, &rows).await?;
         } else {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.connection).await?;
-            insert_streams(&mut self.connection, &new_streams).await?;
-            insert_rows(&mut self.connection, &rows).await?;
-            sqlx::query("COMMIT").execute(&mut self.connection).await?;
+            // The careful path began its transaction before reading; a
+            // lone INSERT is its own transaction; anything more is wrapped.
+            let transaction = if careful {
+                Transaction::Open
+            } else if new_streams.is_empty() && rows.len() <= ROWS_PER_INSERT {
+                Transaction::None
+            } else {
+                Transaction::Begin
+            };
+            write_rows(&mut self.connection, transaction, &new_streams, &rows).await?;
         }
         self.head = Position(next.0 - 1);
         metrics::counter!("spool_log_appended_events_total").increment(rows.len() as u64);
@@ -443,44 +441,76 @@ fn placeholders(n: usize) -> String {
     text
 }
 
-async fn insert_streams(
+/// Whether [`write_rows`] runs in a transaction, and who began it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transaction {
+    /// The statements run on their own: one INSERT, its own transaction.
+    None,
+    /// Already begun by the caller; `write_rows` commits it.
+    Open,
+    /// `write_rows` begins and commits it.
+    Begin,
+}
+
+/// Inserts the new streams and the rows, in one round trip to SQLite's
+/// thread: every statement goes in one query text (sqlx binds the
+/// parameters of each statement in turn), so a group with new streams costs
+/// one hop instead of four (BEGIN, streams, events, COMMIT). On an error the
+/// transaction may be left open; the caller rolls it back.
+async fn write_rows(
     connection: &mut SqliteConnection,
+    transaction: Transaction,
     streams: &[(i64, TenantId, &StreamName)],
+    rows: &[EventRow<'_>],
 ) -> Result<()> {
-    for chunk in streams.chunks(ROWS_PER_INSERT) {
-        let values = vec!["(?, ?, ?)"; chunk.len()].join(",");
-        let sql = format!("INSERT INTO streams (stream_id, tenant, name) VALUES {values}");
-        let mut query = sqlx::query(&sql);
-        for (id, tenant, name) in chunk {
-            query = query.bind(*id).bind(tenant.as_bytes().as_slice()).bind(name.as_str());
-        }
-        query.execute(&mut *connection).await?;
+    let mut sql = String::new();
+    if transaction == Transaction::Begin {
+        sql.push_str("BEGIN IMMEDIATE;");
     }
+    for chunk in streams.chunks(ROWS_PER_INSERT) {
+        sql.push_str("INSERT INTO streams (stream_id, tenant, name) VALUES ");
+        push_tuples(&mut sql, chunk.len(), 3);
+        sql.push(';');
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        sql.push_str(
+            "INSERT OR ROLLBACK INTO events (position, id, stream_id, stream_version, \
+             recorded_at, type, v, causation_id, correlation_id, data) VALUES ",
+        );
+        push_tuples(&mut sql, chunk.len(), 10);
+        sql.push(';');
+    }
+    if transaction != Transaction::None {
+        sql.push_str("COMMIT;");
+    }
+    let mut query = sqlx::query(&sql);
+    for (id, tenant, name) in streams {
+        query = query.bind(*id).bind(tenant.as_bytes().as_slice()).bind(name.as_str());
+    }
+    for row in rows {
+        query = query
+            .bind(row.position)
+            .bind(row.id.as_bytes().as_slice())
+            .bind(row.stream_id)
+            .bind(row.stream_version)
+            .bind(row.encoded.recorded_at_us)
+            .bind(row.encoded.type_name.as_str())
+            .bind(row.encoded.version)
+            .bind(row.causation_id.map(|id| id.as_bytes().as_slice()))
+            .bind(row.correlation_id.map(|id| id.as_bytes().as_slice()))
+            .bind(row.encoded.data.as_str());
+    }
+    query.execute(&mut *connection).await?;
     Ok(())
 }
 
-async fn insert_rows(connection: &mut SqliteConnection, rows: &[EventRow<'_>]) -> Result<()> {
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
-        let sql = format!(
-            "INSERT OR ROLLBACK INTO events (position, id, stream_id, stream_version, recorded_at, type, v, \
-             causation_id, correlation_id, data) VALUES {values}"
-        );
-        let mut query = sqlx::query(&sql);
-        for row in chunk {
-            query = query
-                .bind(row.position)
-                .bind(row.id.as_bytes().as_slice())
-                .bind(row.stream_id)
-                .bind(row.stream_version)
-                .bind(row.encoded.recorded_at_us)
-                .bind(row.encoded.type_name.as_str())
-                .bind(row.encoded.version)
-                .bind(row.causation_id.map(|id| id.as_bytes().as_slice()))
-                .bind(row.correlation_id.map(|id| id.as_bytes().as_slice()))
-                .bind(row.encoded.data.as_str());
+/// Appends `n` comma-separated tuples of `width` placeholders each.
+fn push_tuples(sql: &mut String, n: usize, width: usize) {
+    let tuple = format!("({})", placeholders(width));
+    for i in 0..n {
+        if i > 0 {
+            sql.push(',');
         }
-        query.execute(&mut *connection).await?;
+        sql.push_str(&tuple);
     }
-    Ok(())
 }
