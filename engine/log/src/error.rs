@@ -33,7 +33,7 @@ pub enum Error {
     /// failure happened during commit, and a retry with the same event ids
     /// is always safe.
     #[error("log storage failed: {0}")]
-    Storage(Arc<sqlx::Error>),
+    Storage(Arc<dyn std::error::Error + Send + Sync>),
     /// A stored event cannot be read back.
     #[error("stored event at position {position} cannot be decoded: {source}")]
     Decode {
@@ -59,6 +59,12 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
+        Error::Storage(Arc::new(error))
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
         Error::Storage(Arc::new(error))
     }
 }

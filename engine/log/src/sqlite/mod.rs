@@ -1,6 +1,6 @@
 //! The embedded default: the log in one SQLite file in WAL mode.
 //!
-//! One writer task owns the only write connection and commits concurrent
+//! One writer thread owns the only write connection and commits concurrent
 //! appends together (group commit): each caller is answered after the
 //! fsync of the transaction holding its events. Readers use a separate
 //! pool of read-only connections and never wait for the writer.
@@ -20,10 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use spool_schemas::{EventId, Position, StreamName, TenantId};
-use sqlx::ConnectOptions;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -31,7 +28,7 @@ use crate::{Append, Appended, Error, Filter, Log, ReadBatch, Result, StoredEvent
 
 use rows::{StreamNames, batch_query};
 use sync::Wal;
-use writer::{Reply, WriteRequest, Writer};
+use writer::{Queued, WriteRequest, Writer};
 
 /// How many positions one [`Log::read`] examines at most.
 const READ_WINDOW: u64 = 10_000;
@@ -75,7 +72,7 @@ impl Default for SqliteOptions {
 
 pub struct SqliteLog {
     path: PathBuf,
-    requests: Mutex<Option<mpsc::Sender<(WriteRequest, Reply)>>>,
+    requests: Mutex<Option<mpsc::Sender<Queued>>>,
     /// Answered when the writer and the syncer have stopped, awaited on close.
     writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     readers: SqlitePool,
@@ -84,7 +81,7 @@ pub struct SqliteLog {
     foreign_poll: JoinHandle<()>,
 }
 
-const SCHEMA: &str = "
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS streams (
     stream_id INTEGER PRIMARY KEY,
     tenant    BLOB NOT NULL,
@@ -120,26 +117,14 @@ impl SqliteLog {
         let (requests, writer) = if options.read_only {
             (None, None)
         } else {
-            let mut connection = base
-                .clone()
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                // Commits write the WAL without syncing it; with
-                // `Durability::Full` the syncer fsyncs it before any caller
-                // is answered (see `sync`). Checkpoints still sync first.
-                .synchronous(SqliteSynchronous::Normal)
-                // Multi-row INSERTs come in every size from 1 to 100 rows;
-                // each size is its own statement and should stay prepared.
-                .statement_cache_capacity(1024)
-                // Multi-row INSERTs in a transaction need a statement
-                // journal; in memory it costs no temporary file each time.
-                .pragma("temp_store", "memory")
-                .connect()
-                .await?;
-            for statement in SCHEMA.split(';').filter(|s| !s.trim().is_empty()) {
-                sqlx::query(statement).execute(&mut connection).await?;
-            }
-            let writer = Writer::new(connection, options.max_group_events).await?;
+            let writer_path = path.clone();
+            let max_group_events = options.max_group_events;
+            let writer =
+                tokio::task::spawn_blocking(move || Writer::open(&writer_path, max_group_events))
+                    .await
+                    .map_err(|error| {
+                        Error::Unavailable(format!("cannot open the log: {error}"))
+                    })??;
             head_position = writer.head();
             let (sender, receiver) = mpsc::channel(4_096);
             (Some(sender), Some((writer, receiver)))
@@ -161,7 +146,7 @@ impl SqliteLog {
                 // A process killed between a commit and its fsync leaves
                 // committed events that are not yet durable; make them so
                 // before publishing a head that includes them.
-                wal.sync().await.map_err(|error| {
+                wal.sync_async().await.map_err(|error| {
                     Error::Unavailable(format!("cannot sync the log's WAL: {error}"))
                 })?;
                 Some(wal)
@@ -210,37 +195,36 @@ impl SqliteLog {
     }
 }
 
-/// Runs the writer and the syncer on a thread of their own.
+/// Runs the writer and the syncer, each on a thread of its own.
 ///
 /// On the caller's runtime they would queue behind the very tasks they
 /// answer: hundreds of appenders woken by one acknowledgement run before
-/// the writer's next round trip to SQLite, and the groups shrink. On their
-/// own thread each round trip resumes at once.
+/// the writer's next statement, and the groups shrink. On threads of their
+/// own the writer fills its next transaction while the syncer waits for the
+/// disk. The returned receiver is answered when both have stopped.
 fn spawn_writer_thread(
     writer: Writer,
-    requests: mpsc::Receiver<(WriteRequest, Reply)>,
+    requests: mpsc::Receiver<Queued>,
     committed_head: Arc<AtomicU64>,
     wal: Option<Arc<Wal>>,
     head: Arc<watch::Sender<Position>>,
 ) -> Result<oneshot::Receiver<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| Error::Unavailable(format!("cannot start the log writer: {error}")))?;
+    let cannot_start =
+        |error: std::io::Error| Error::Unavailable(format!("cannot start the log writer: {error}"));
+    let (committed, to_sync) = std::sync::mpsc::channel();
     let (done, done_receiver) = oneshot::channel();
     std::thread::Builder::new()
-        .name("spool-log-writer".to_owned())
+        .name("spool-log-sync".to_owned())
         .spawn(move || {
-            let (committed, to_sync) = mpsc::unbounded_channel();
-            runtime.block_on(async {
-                tokio::join!(
-                    writer.run(requests, committed, committed_head),
-                    sync::run(to_sync, wal, head)
-                )
-            });
+            // Ends when the writer has stopped and dropped its sender.
+            sync::run(to_sync, wal, head);
             let _ = done.send(());
         })
-        .map_err(|error| Error::Unavailable(format!("cannot start the log writer: {error}")))?;
+        .map_err(cannot_start)?;
+    std::thread::Builder::new()
+        .name("spool-log-writer".to_owned())
+        .spawn(move || writer.run(requests, committed, committed_head))
+        .map_err(cannot_start)?;
     Ok(done_receiver)
 }
 
@@ -279,7 +263,7 @@ async fn poll_foreign_appends(pool: SqlitePool, poll: ForeignPoll, every: Durati
         // Beyond what this process wrote: another process's appends. Make
         // them durable here too before any reader of ours sees them.
         if let Some(wal) = &poll.wal
-            && wal.sync().await.is_err()
+            && wal.sync_async().await.is_err()
         {
             continue;
         }
@@ -307,10 +291,14 @@ impl Log for SqliteLog {
         let sender = sender.ok_or(Error::Closed)?;
         // Encoding happens here, on the caller's task, so that the single
         // writer only writes.
-        let request = WriteRequest::new(append);
+        let request = Arc::new(WriteRequest::new(append));
         let (reply, answer) = oneshot::channel();
-        sender.send((request, reply)).await.map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        sender.send((request.clone(), reply)).await.map_err(|_| Error::Closed)?;
+        let answer = answer.await.map_err(|_| Error::Closed)?;
+        // The writer has dropped its handle by now, so the events are freed
+        // here, on the caller's task, rather than on the single writer's.
+        drop(request);
+        answer
     }
 
     async fn read(

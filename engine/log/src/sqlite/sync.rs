@@ -1,7 +1,7 @@
 //! Acknowledging appends once they are durable.
 //!
 //! The writer commits with `synchronous=NORMAL`, which writes the WAL
-//! without syncing it, and hands each committed group here. This task
+//! without syncing it, and hands each committed group here. This thread
 //! fsyncs the WAL once for everything committed so far, and only then
 //! publishes the new head (so no reader sees an event that is not durable)
 //! and answers the callers. One fsync thus covers several commits, and the
@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use spool_schemas::Position;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::writer::Reply;
 use crate::{Appended, Error, Result};
@@ -42,20 +42,26 @@ impl Wal {
         Wal { path: path.into(), file: Mutex::new(None), failed: false.into() }
     }
 
-    /// Makes everything written to the WAL so far durable.
-    pub(super) async fn sync(&self) -> io::Result<()> {
+    /// Makes everything written to the WAL so far durable. Blocks.
+    pub(super) fn sync(&self) -> io::Result<()> {
         use std::sync::atomic::Ordering;
         if self.failed.load(Ordering::Acquire) {
             return Err(io::Error::other("an earlier fsync of the WAL failed; reopen the log"));
         }
-        let result = self.sync_once().await;
+        let result = self.sync_once();
         if result.is_err() {
             self.failed.store(true, Ordering::Release);
         }
         result
     }
 
-    async fn sync_once(&self) -> io::Result<()> {
+    /// [`Wal::sync`] from async code, on the blocking pool.
+    pub(super) async fn sync_async(self: &Arc<Self>) -> io::Result<()> {
+        let wal = self.clone();
+        tokio::task::spawn_blocking(move || wal.sync()).await.map_err(io::Error::other)?
+    }
+
+    fn sync_once(&self) -> io::Result<()> {
         let file = {
             let mut slot = self.file.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {
@@ -67,7 +73,7 @@ impl Wal {
                 }
             }
         };
-        tokio::task::spawn_blocking(move || file.sync_data()).await.map_err(io::Error::other)?
+        file.sync_data()
     }
 }
 
@@ -78,19 +84,20 @@ pub(super) struct Committed {
 }
 
 /// Syncs, publishes and answers, in commit order, until the writer stops.
-/// `wal` is `None` when appends are acknowledged without an fsync.
-pub(super) async fn run(
-    mut committed: mpsc::UnboundedReceiver<Committed>,
+/// `wal` is `None` when appends are acknowledged without an fsync. Blocks:
+/// runs on a thread of its own, so an fsync never holds up the writer.
+pub(super) fn run(
+    committed: std::sync::mpsc::Receiver<Committed>,
     wal: Option<Arc<Wal>>,
     head: Arc<watch::Sender<Position>>,
 ) {
-    while let Some(first) = committed.recv().await {
+    while let Ok(first) = committed.recv() {
         let mut groups = vec![first];
         while let Ok(next) = committed.try_recv() {
             groups.push(next);
         }
         let synced = match &wal {
-            Some(wal) => wal.sync().await,
+            Some(wal) => wal.sync(),
             None => Ok(()),
         };
         metrics::histogram!("spool_log_groups_per_sync").record(groups.len() as f64);

@@ -1,27 +1,42 @@
 //! The single writer: drains queued appends into one transaction per group,
 //! commits it, and hands the group to the syncer, which fsyncs the WAL and
 //! answers every caller in the group (see `sync`).
+//!
+//! The writer owns its SQLite connection (rusqlite) and calls SQLite on its
+//! own thread. Through sqlx every statement would be a round trip to a
+//! worker thread and back, two thread wake-ups each; measured under 256
+//! concurrent appenders, those hops, not SQLite, were most of a group's
+//! time. Here a group costs no hop at all, so every statement can be a
+//! small prepared one.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rusqlite::{Connection, OptionalExtension, params};
 use spool_schemas::{EventId, Position, StreamName, TenantId};
-use sqlx::Row as _;
-use sqlx::sqlite::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
+use super::SCHEMA;
 use super::sync::Committed;
 
 use crate::plan::{Plan, plan};
 use crate::{Append, Appended, Error, Result};
 
-/// Rows per multi-row INSERT: fewer round trips to SQLite's thread, well
-/// under its limit on bound parameters.
-const ROWS_PER_INSERT: usize = 500;
 /// Bound on the stream cache; past it the cache starts over.
 const MAX_CACHED_STREAMS: usize = 100_000;
+
+const INSERT_EVENT: &str = "INSERT INTO events (position, id, stream_id, stream_version, \
+     recorded_at, type, v, causation_id, correlation_id, data) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+const INSERT_STREAM: &str = "INSERT INTO streams (stream_id, tenant, name) VALUES (?1, ?2, ?3)";
+const FIND_STREAM: &str = "SELECT stream_id, \
+     (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = s.stream_id) \
+     FROM streams s WHERE tenant = ?1 AND name = ?2";
+const FIND_ID: &str = "SELECT position, stream_version FROM events WHERE id = ?1";
+const HEAD: &str = "SELECT COALESCE(MAX(position), 0) FROM events";
 
 /// One event encoded for storage, done on the caller's task.
 pub(super) struct EncodedEvent {
@@ -54,6 +69,10 @@ impl WriteRequest {
 
 pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>>>;
 
+/// An append waiting for the writer, with where to send its answer. The
+/// caller keeps a handle on the request too (see `SqliteLog::append`).
+pub(super) type Queued = (Arc<WriteRequest>, Reply);
+
 #[derive(Clone, Copy)]
 struct CachedStream {
     /// `None` until the stream's first event is written.
@@ -61,8 +80,10 @@ struct CachedStream {
     version: u64,
 }
 
+type StreamCache = HashMap<TenantId, HashMap<StreamName, CachedStream>>;
+
 pub(super) struct Writer {
-    connection: SqliteConnection,
+    connection: Connection,
     head: Position,
     streams: StreamCache,
     n_cached_streams: usize,
@@ -72,22 +93,27 @@ pub(super) struct Writer {
     stale: bool,
 }
 
-/// One row to insert, borrowing from the request that carries it.
-struct EventRow<'a> {
-    position: i64,
-    id: &'a EventId,
-    stream_id: i64,
-    stream_version: i64,
-    causation_id: Option<&'a EventId>,
-    correlation_id: Option<&'a EventId>,
-    encoded: &'a EncodedEvent,
-}
-
 impl Writer {
-    pub(super) async fn new(
-        connection: SqliteConnection,
-        max_group_events: usize,
-    ) -> Result<Writer> {
+    /// Opens the log file for writing, creating it and its tables if needed.
+    pub(super) fn open(path: &Path, max_group_events: usize) -> Result<Writer> {
+        let connection = Connection::open(path)?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Unavailable(format!(
+                "{} cannot use write-ahead logging (journal mode stays {mode})",
+                path.display()
+            )));
+        }
+        connection.execute_batch(
+            // Commits write the WAL without syncing it; with
+            // `Durability::Full` the syncer fsyncs it before any caller is
+            // answered (see `sync`). Checkpoints still sync first.
+            "PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -65536;
+             PRAGMA temp_store = MEMORY;",
+        )?;
+        connection.execute_batch(SCHEMA)?;
         let mut writer = Writer {
             connection,
             head: Position::ZERO,
@@ -97,7 +123,7 @@ impl Writer {
             max_group_events: max_group_events.max(1),
             stale: true,
         };
-        writer.reload().await?;
+        writer.reload()?;
         Ok(writer)
     }
 
@@ -105,20 +131,20 @@ impl Writer {
         self.head
     }
 
-    async fn db_head(&mut self) -> Result<Position> {
-        let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut self.connection)
-            .await?;
+    fn db_head(&self) -> rusqlite::Result<Position> {
+        let max: i64 = self.connection.prepare_cached(HEAD)?.query_row([], |r| r.get(0))?;
         Ok(Position(max as u64))
     }
 
-    async fn reload(&mut self) -> Result<()> {
+    fn reload(&mut self) -> rusqlite::Result<()> {
         self.streams.clear();
         self.n_cached_streams = 0;
-        self.head = self.db_head().await?;
-        let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(stream_id), 0) FROM streams")
-            .fetch_one(&mut self.connection)
-            .await?;
+        self.head = self.db_head()?;
+        let max: i64 = self.connection.query_row(
+            "SELECT COALESCE(MAX(stream_id), 0) FROM streams",
+            [],
+            |r| r.get(0),
+        )?;
         self.next_stream_id = max + 1;
         self.stale = false;
         Ok(())
@@ -126,13 +152,14 @@ impl Writer {
 
     /// Writes groups of queued appends until every sender is gone, handing
     /// each committed group to the syncer (see `sync`) for acknowledgement.
-    pub(super) async fn run(
+    /// Blocks: runs on a thread of its own.
+    pub(super) fn run(
         mut self,
-        mut requests: mpsc::Receiver<(WriteRequest, Reply)>,
-        committed: mpsc::UnboundedSender<Committed>,
+        mut requests: mpsc::Receiver<Queued>,
+        committed: std::sync::mpsc::Sender<Committed>,
         committed_head: Arc<AtomicU64>,
     ) {
-        while let Some(first) = requests.recv().await {
+        while let Some(first) = requests.blocking_recv() {
             let mut n_events = first.0.append.events.len();
             let mut group = vec![first];
             while n_events < self.max_group_events {
@@ -145,9 +172,12 @@ impl Writer {
                 }
             }
             let started = Instant::now();
-            let (requests_in_group, replies): (Vec<WriteRequest>, Vec<Reply>) =
+            let (requests_in_group, replies): (Vec<Arc<WriteRequest>>, Vec<Reply>) =
                 group.into_iter().unzip();
-            let answers = self.write_group(&requests_in_group).await;
+            let answers = self.write_group(&requests_in_group);
+            // Let go before anyone is answered, so that each caller holds
+            // the last handle and frees its events on its own task.
+            drop(requests_in_group);
             metrics::histogram!("spool_log_group_commit_seconds")
                 .record(started.elapsed().as_secs_f64());
             metrics::histogram!("spool_log_group_events").record(n_events as f64);
@@ -161,73 +191,68 @@ impl Writer {
 
     /// Writes every acceptable request of the group in one transaction.
     ///
-    /// Optimistic twice over. About event ids: most are fresh, so the first
-    /// attempt lets the unique index on `id` find duplicates instead of
-    /// looking every id up; if it finds one, the group is redone with every
-    /// id looked up. And about other processes: the caches are trusted
-    /// without asking SQLite for its head, because another process's append
-    /// since our last commit holds the position after our head, where our
-    /// rows begin, so the primary key refuses them (as the stream tables'
-    /// keys refuse a stream created twice); the group is then redone with
-    /// the caches reloaded inside `BEGIN IMMEDIATE`.
-    async fn write_group(&mut self, group: &[WriteRequest]) -> Vec<Result<Vec<Appended>>> {
+    /// Optimistic about event ids: most are fresh, so the first attempt lets
+    /// the unique index on `id` find duplicates instead of looking every id
+    /// up; if it finds one, the group is redone with every id looked up.
+    fn write_group(&mut self, group: &[Arc<WriteRequest>]) -> Vec<Result<Vec<Appended>>> {
         let mut look_up_ids = false;
         loop {
-            let careful = look_up_ids || self.stale;
-            match self.try_write_group(group, look_up_ids).await {
-                Ok(Some(answers)) => return answers,
-                // The caches were stale; `stale` is set and the next
-                // attempt reloads them.
-                Ok(None) => continue,
+            if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
+                return fail_all(group, error.into());
+            }
+            let attempt = self.try_write_group(group, look_up_ids);
+            let attempt = match attempt {
+                Ok(answers) => self.connection.execute_batch("COMMIT").map(|()| answers),
+                Err(error) => Err(error),
+            };
+            match attempt {
+                Ok(answers) => return answers,
                 Err(error) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut self.connection).await;
+                    // The caches may hold what is rolled back here.
+                    let _ = self.connection.execute_batch("ROLLBACK");
                     self.stale = true;
                     if !look_up_ids && is_duplicate_id(&error) {
                         look_up_ids = true;
                         continue;
                     }
-                    if !careful && is_unique_violation(&error) {
-                        continue;
-                    }
-                    tracing::error!(%error, "log group commit failed");
-                    return group.iter().map(|_| Err(error.clone())).collect();
+                    return fail_all(group, error.into());
                 }
             }
         }
     }
 
-    /// One attempt at the group; `None` when the caches proved stale.
-    async fn try_write_group(
+    /// One attempt at the group, inside the writer's transaction. Fails
+    /// with SQLite's error, so that a duplicate id can be recognised.
+    fn try_write_group(
         &mut self,
-        group: &[WriteRequest],
+        group: &[Arc<WriteRequest>],
         look_up_ids: bool,
-    ) -> Result<Option<Vec<Result<Vec<Appended>>>>> {
-        let careful = look_up_ids || self.stale;
-        if careful {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut self.connection).await?;
-            if self.stale || self.db_head().await? != self.head {
-                self.reload().await?;
-            }
+    ) -> rusqlite::Result<Vec<Result<Vec<Appended>>>> {
+        // Another process (the `spool` CLI, say) may have appended since our
+        // last commit; the write lock is held now, so this check is exact.
+        if self.stale || self.db_head()? != self.head {
+            self.reload()?;
         }
         if self.n_cached_streams > MAX_CACHED_STREAMS {
             self.streams.clear();
             self.n_cached_streams = 0;
         }
-        let mut stored = if look_up_ids { self.stored_ids(group).await? } else { HashMap::new() };
-        self.load_streams(group).await?;
+        let mut stored =
+            if look_up_ids { stored_ids(&self.connection, group)? } else { HashMap::new() };
+        self.load_streams(group)?;
 
         let mut next = self.head.next();
         let mut answers = Vec::with_capacity(group.len());
-        let mut rows = Vec::new();
-        let mut new_streams: Vec<(i64, TenantId, &StreamName)> = Vec::new();
+        let mut insert_event = self.connection.prepare_cached(INSERT_EVENT)?;
+        let mut insert_stream = self.connection.prepare_cached(INSERT_STREAM)?;
         for request in group {
             // Optimistic mode skips looking ids up, but a conflict may be a
             // retry of an append that went through: look its ids up and
             // decide again before answering with the conflict.
-            let mut decided = self.plan(request, next, &stored);
+            let mut decided = plan_request(&self.streams, request, next, &stored);
             if !look_up_ids && matches!(decided, Err(Error::Conflict(_))) {
-                stored.extend(self.stored_ids(std::slice::from_ref(request)).await?);
-                decided = self.plan(request, next, &stored);
+                stored.extend(stored_ids(&self.connection, std::slice::from_ref(request))?);
+                decided = plan_request(&self.streams, request, next, &stored);
             }
             let decided = match decided {
                 Ok(decided) => decided,
@@ -247,108 +272,43 @@ impl Writer {
                     let id = self.next_stream_id;
                     self.next_stream_id += 1;
                     entry.id = Some(id);
-                    new_streams.push((id, tenant, stream));
+                    insert_stream.execute(params![id, tenant.as_bytes(), stream.as_str()])?;
                 }
             }
             for &index in &decided.writes {
                 let event = &request.append.events[index];
                 let result = decided.results[index];
+                let encoded = &request.encoded[index];
                 let stream_id = cached(&self.streams, event.tenant, &event.stream)
                     .and_then(|s| s.id)
                     .expect("written streams have an id");
                 // A later append of the group with this id finds it stored.
                 stored.insert(event.id, Appended { already_stored: true, ..result });
-                rows.push(EventRow {
-                    position: result.position.0 as i64,
-                    id: &event.id,
+                insert_event.execute(params![
+                    result.position.0 as i64,
+                    event.id.as_bytes(),
                     stream_id,
-                    stream_version: result.stream_version as i64,
-                    causation_id: event.causation_id.as_ref(),
-                    correlation_id: event.correlation_id.as_ref(),
-                    encoded: &request.encoded[index],
-                });
+                    result.stream_version as i64,
+                    encoded.recorded_at_us,
+                    encoded.type_name,
+                    encoded.version,
+                    event.causation_id.as_ref().map(EventId::as_bytes),
+                    event.correlation_id.as_ref().map(EventId::as_bytes),
+                    encoded.data,
+                ])?;
                 next = result.position.next();
             }
             answers.push(Ok(decided.results));
         }
-
-        if rows.is_empty() && !careful {
-            // Nothing written, so no key checked the caches the answers
-            // came from: check them against SQLite's head instead.
-            if self.db_head().await? != self.head {
-                self.stale = true;
-                return Ok(None);
-            }
-        } else {
-            // The careful path began its transaction before reading; a
-            // lone INSERT is its own transaction; anything more is wrapped.
-            let transaction = if careful {
-                Transaction::Open
-            } else if new_streams.is_empty() && rows.len() <= ROWS_PER_INSERT {
-                Transaction::None
-            } else {
-                Transaction::Begin
-            };
-            write_rows(&mut self.connection, transaction, &new_streams, &rows).await?;
-        }
+        let written = next.0 - 1 - self.head.0;
         self.head = Position(next.0 - 1);
-        metrics::counter!("spool_log_appended_events_total").increment(rows.len() as u64);
-        Ok(Some(answers))
-    }
-
-    fn plan<'a>(
-        &self,
-        request: &'a WriteRequest,
-        next: Position,
-        stored: &HashMap<EventId, Appended>,
-    ) -> Result<Plan<'a>> {
-        plan(
-            &request.append,
-            0,
-            next,
-            |id| stored.get(id).copied(),
-            |tenant, stream| cached(&self.streams, tenant, stream).map_or(0, |s| s.version),
-        )
-    }
-
-    /// The ids of the group that are already stored, with where they are.
-    async fn stored_ids(&mut self, group: &[WriteRequest]) -> Result<HashMap<EventId, Appended>> {
-        let ids: Vec<&EventId> =
-            group.iter().flat_map(|r| r.append.events.iter().map(|e| &e.id)).collect();
-        let mut stored = HashMap::new();
-        for chunk in ids.chunks(500) {
-            let sql = format!(
-                "SELECT id, position, stream_version FROM events WHERE id IN ({})",
-                placeholders(chunk.len())
-            );
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(id.as_bytes().as_slice());
-            }
-            for row in query.fetch_all(&mut self.connection).await? {
-                let bytes: [u8; 16] = row
-                    .try_get::<&[u8], _>(0)?
-                    .try_into()
-                    .map_err(|_| Error::Invalid("a stored event id is not 16 bytes".to_owned()))?;
-                let id = EventId::from_bytes(bytes);
-                let appended = Appended {
-                    id,
-                    partition: 0,
-                    position: Position(row.try_get::<i64, _>(1)? as u64),
-                    stream_version: row.try_get::<i64, _>(2)? as u64,
-                    already_stored: true,
-                };
-                stored.insert(id, appended);
-            }
-        }
-        Ok(stored)
+        metrics::counter!("spool_log_appended_events_total").increment(written);
+        Ok(answers)
     }
 
     /// Brings every stream the group touches into the cache.
-    async fn load_streams(&mut self, group: &[WriteRequest]) -> Result<()> {
-        let mut missing: Vec<(TenantId, &StreamName)> = Vec::new();
-        let mut seen: std::collections::HashSet<(TenantId, &str)> =
-            std::collections::HashSet::new();
+    fn load_streams(&mut self, group: &[Arc<WriteRequest>]) -> rusqlite::Result<()> {
+        let mut find = self.connection.prepare_cached(FIND_STREAM)?;
         for request in group {
             let append = &request.append;
             let named = append
@@ -357,46 +317,19 @@ impl Writer {
                 .map(|e| (e.tenant, &e.stream))
                 .chain(append.expected.iter().map(|e| (e.tenant, &e.stream)));
             for (tenant, stream) in named {
-                if cached(&self.streams, tenant, stream).is_none()
-                    && seen.insert((tenant, stream.as_str()))
-                {
-                    missing.push((tenant, stream));
+                if cached(&self.streams, tenant, stream).is_some() {
+                    continue;
                 }
-            }
-        }
-        // One query per 250 unknown streams, not one per stream: a group of
-        // events on new streams (new orders, new users) is the common case.
-        // CROSS JOIN keeps SQLite walking `wanted` and probing the
-        // (tenant, name) index; left to itself it scanned `streams`.
-        for chunk in missing.chunks(250) {
-            let sql = format!(
-                "WITH wanted (tenant, name) AS (VALUES {}) \
-                 SELECT s.stream_id, s.tenant, s.name, \
-                 (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = s.stream_id) \
-                 FROM wanted w CROSS JOIN streams s ON s.tenant = w.tenant AND s.name = w.name",
-                vec!["(?, ?)"; chunk.len()].join(",")
-            );
-            let mut query = sqlx::query(&sql);
-            for (tenant, stream) in chunk {
-                query = query.bind(tenant.as_bytes().as_slice()).bind(stream.as_str());
-            }
-            let mut found: HashMap<(TenantId, String), CachedStream> = HashMap::new();
-            for row in query.fetch_all(&mut self.connection).await? {
-                let tenant: &[u8] = row.try_get(1)?;
-                let tenant = TenantId::from_bytes(tenant.try_into().map_err(|_| {
-                    Error::Invalid("a stored tenant id is not 16 bytes".to_owned())
-                })?);
-                let entry = CachedStream {
-                    id: Some(row.try_get(0)?),
-                    version: row.try_get::<i64, _>(3)? as u64,
-                };
-                found.insert((tenant, row.try_get(2)?), entry);
-            }
-            for (tenant, stream) in chunk {
-                let entry = found
-                    .remove(&(*tenant, stream.as_str().to_owned()))
+                let entry = find
+                    .query_row(params![tenant.as_bytes(), stream.as_str()], |row| {
+                        Ok(CachedStream {
+                            id: Some(row.get(0)?),
+                            version: row.get::<_, i64>(1)? as u64,
+                        })
+                    })
+                    .optional()?
                     .unwrap_or(CachedStream { id: None, version: 0 });
-                self.streams.entry(*tenant).or_default().insert((*stream).clone(), entry);
+                self.streams.entry(tenant).or_default().insert(stream.clone(), entry);
                 self.n_cached_streams += 1;
             }
         }
@@ -404,113 +337,64 @@ impl Writer {
     }
 }
 
-type StreamCache = HashMap<TenantId, HashMap<StreamName, CachedStream>>;
+fn plan_request<'a>(
+    streams: &StreamCache,
+    request: &'a WriteRequest,
+    next: Position,
+    stored: &HashMap<EventId, Appended>,
+) -> Result<Plan<'a>> {
+    plan(
+        &request.append,
+        0,
+        next,
+        |id| stored.get(id).copied(),
+        |tenant, stream| cached(streams, tenant, stream).map_or(0, |s| s.version),
+    )
+}
+
+/// The ids of the group that are already stored, with where they are.
+fn stored_ids(
+    connection: &Connection,
+    group: &[Arc<WriteRequest>],
+) -> rusqlite::Result<HashMap<EventId, Appended>> {
+    let mut find = connection.prepare_cached(FIND_ID)?;
+    let mut stored = HashMap::new();
+    for event in group.iter().flat_map(|r| r.append.events.iter()) {
+        let found = find
+            .query_row(params![event.id.as_bytes()], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })
+            .optional()?;
+        if let Some((position, stream_version)) = found {
+            let appended = Appended {
+                id: event.id,
+                partition: 0,
+                position: Position(position as u64),
+                stream_version: stream_version as u64,
+                already_stored: true,
+            };
+            stored.insert(event.id, appended);
+        }
+    }
+    Ok(stored)
+}
 
 fn cached(streams: &StreamCache, tenant: TenantId, stream: &StreamName) -> Option<CachedStream> {
     streams.get(&tenant).and_then(|streams| streams.get(stream.as_str())).copied()
 }
 
+fn fail_all(group: &[Arc<WriteRequest>], error: Error) -> Vec<Result<Vec<Appended>>> {
+    tracing::error!(%error, "log group commit failed");
+    group.iter().map(|_| Err(error.clone())).collect()
+}
+
 /// Whether `error` is the unique index on event ids refusing a duplicate.
-fn is_duplicate_id(error: &Error) -> bool {
+fn is_duplicate_id(error: &rusqlite::Error) -> bool {
     match error {
-        Error::Storage(error) => match error.as_ref() {
-            sqlx::Error::Database(database) => {
-                database.is_unique_violation() && database.message().contains("events.id")
-            }
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-/// Whether `error` is a unique or primary key refusing a row: after an
-/// optimistic attempt, the sign that another process appended.
-fn is_unique_violation(error: &Error) -> bool {
-    match error {
-        Error::Storage(error) => match error.as_ref() {
-            sqlx::Error::Database(database) => database.is_unique_violation(),
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
-fn placeholders(n: usize) -> String {
-    let mut text = "?,".repeat(n);
-    text.pop();
-    text
-}
-
-/// Whether [`write_rows`] runs in a transaction, and who began it.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Transaction {
-    /// The statements run on their own: one INSERT, its own transaction.
-    None,
-    /// Already begun by the caller; `write_rows` commits it.
-    Open,
-    /// `write_rows` begins and commits it.
-    Begin,
-}
-
-/// Inserts the new streams and the rows, in one round trip to SQLite's
-/// thread: every statement goes in one query text (sqlx binds the
-/// parameters of each statement in turn), so a group with new streams costs
-/// one hop instead of four (BEGIN, streams, events, COMMIT). On an error the
-/// transaction may be left open; the caller rolls it back.
-async fn write_rows(
-    connection: &mut SqliteConnection,
-    transaction: Transaction,
-    streams: &[(i64, TenantId, &StreamName)],
-    rows: &[EventRow<'_>],
-) -> Result<()> {
-    let mut sql = String::new();
-    if transaction == Transaction::Begin {
-        sql.push_str("BEGIN IMMEDIATE;");
-    }
-    for chunk in streams.chunks(ROWS_PER_INSERT) {
-        sql.push_str("INSERT INTO streams (stream_id, tenant, name) VALUES ");
-        push_tuples(&mut sql, chunk.len(), 3);
-        sql.push(';');
-    }
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        sql.push_str(
-            "INSERT OR ROLLBACK INTO events (position, id, stream_id, stream_version, \
-             recorded_at, type, v, causation_id, correlation_id, data) VALUES ",
-        );
-        push_tuples(&mut sql, chunk.len(), 10);
-        sql.push(';');
-    }
-    if transaction != Transaction::None {
-        sql.push_str("COMMIT;");
-    }
-    let mut query = sqlx::query(&sql);
-    for (id, tenant, name) in streams {
-        query = query.bind(*id).bind(tenant.as_bytes().as_slice()).bind(name.as_str());
-    }
-    for row in rows {
-        query = query
-            .bind(row.position)
-            .bind(row.id.as_bytes().as_slice())
-            .bind(row.stream_id)
-            .bind(row.stream_version)
-            .bind(row.encoded.recorded_at_us)
-            .bind(row.encoded.type_name.as_str())
-            .bind(row.encoded.version)
-            .bind(row.causation_id.map(|id| id.as_bytes().as_slice()))
-            .bind(row.correlation_id.map(|id| id.as_bytes().as_slice()))
-            .bind(row.encoded.data.as_str());
-    }
-    query.execute(&mut *connection).await?;
-    Ok(())
-}
-
-/// Appends `n` comma-separated tuples of `width` placeholders each.
-fn push_tuples(sql: &mut String, n: usize, width: usize) {
-    let tuple = format!("({})", placeholders(width));
-    for i in 0..n {
-        if i > 0 {
-            sql.push(',');
+        rusqlite::Error::SqliteFailure(failure, Some(message)) => {
+            failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && message.contains("events.id")
         }
-        sql.push_str(&tuple);
+        _ => false,
     }
 }
