@@ -113,3 +113,48 @@ async fn two_writers_on_one_file_see_each_others_appends() {
         assert_eq!((event.position, event.stream_version), (Position(i as u64 + 1), i as u64 + 1));
     }
 }
+
+/// Checkpoints run off the writer's thread, and a PASSIVE checkpoint alone
+/// never lets SQLite start the WAL over while the writer keeps committing;
+/// the writer assists once the WAL is long. Under steady load the WAL must
+/// stay bounded and the events must reach the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_steady_load_the_wal_stays_bounded_and_checkpoints_reach_the_database() {
+    const APPENDERS: u64 = 16;
+    const EVENTS_PER_APPENDER: u64 = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log: Arc<dyn Log> =
+        Arc::new(SqliteLog::open(&path, SqliteOptions::default()).await.unwrap());
+    let tenant = TenantId::new();
+    // 8 KiB per event: 6,400 events write over 50 MiB, several times the
+    // WAL length at which the writer lets it start over (about 16 MiB).
+    let padding = "x".repeat(8 * 1024);
+    let tasks: Vec<_> = (0..APPENDERS)
+        .map(|appender| {
+            let (log, padding) = (log.clone(), padding.clone());
+            tokio::spawn(async move {
+                for i in 0..EVENTS_PER_APPENDER {
+                    let mut event = event(tenant, appender * EVENTS_PER_APPENDER + i);
+                    event.event = Event::App(AppEvent {
+                        event_type: AppEventType::new("t.padded").unwrap(),
+                        data: serde_json::json!({ "padding": padding }),
+                    });
+                    log.append(Append::new(vec![event])).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let written = APPENDERS * EVENTS_PER_APPENDER * 8 * 1024;
+    let wal = std::fs::metadata(dir.path().join("log.db-wal")).unwrap().len();
+    let database = std::fs::metadata(&path).unwrap().len();
+    assert!(wal < 32 << 20, "the WAL grew to {wal} bytes after {written} bytes of events");
+    assert!(
+        database > written / 2,
+        "checkpoints copied only {database} bytes into the database file of {written} written"
+    );
+    assert_eq!(*log.head(0).borrow(), Position(APPENDERS * EVENTS_PER_APPENDER));
+}

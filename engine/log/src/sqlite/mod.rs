@@ -10,6 +10,7 @@
 //! blobs, and streams are small integers mapped in a `streams` table, so
 //! every index grows at its right edge or stays small.
 
+mod checkpoint;
 mod rows;
 mod sync;
 mod writer;
@@ -26,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::{Append, Appended, Error, Filter, Log, ReadBatch, Result, StoredEvent, TypeFilter};
 
+use checkpoint::{Checkpointer, Checkpoints};
 use rows::{StreamNames, batch_query};
 use sync::Wal;
 use writer::{Queued, WriteRequest, Writer};
@@ -119,15 +121,15 @@ impl SqliteLog {
         } else {
             let writer_path = path.clone();
             let max_group_events = options.max_group_events;
-            let writer =
-                tokio::task::spawn_blocking(move || Writer::open(&writer_path, max_group_events))
-                    .await
-                    .map_err(|error| {
-                        Error::Unavailable(format!("cannot open the log: {error}"))
-                    })??;
+            let (writer, checkpointer) = tokio::task::spawn_blocking(move || {
+                let writer = Writer::open(&writer_path, max_group_events)?;
+                Ok::<_, Error>((writer, Checkpointer::open(&writer_path)?))
+            })
+            .await
+            .map_err(|error| Error::Unavailable(format!("cannot open the log: {error}")))??;
             head_position = writer.head();
             let (sender, receiver) = mpsc::channel(4_096);
-            (Some(sender), Some((writer, receiver)))
+            (Some(sender), Some((writer, checkpointer, receiver)))
         };
 
         let readers = SqlitePoolOptions::new()
@@ -156,8 +158,9 @@ impl SqliteLog {
         let head = Arc::new(watch::Sender::new(head_position));
         let committed_head = Arc::new(AtomicU64::new(head_position.0));
         let writer_done = match writer {
-            Some((writer, receiver)) => Some(spawn_writer_thread(
+            Some((writer, checkpointer, receiver)) => Some(spawn_writer_thread(
                 writer,
+                checkpointer,
                 receiver,
                 committed_head.clone(),
                 wal.clone(),
@@ -195,15 +198,17 @@ impl SqliteLog {
     }
 }
 
-/// Runs the writer and the syncer, each on a thread of its own.
+/// Runs the writer, the syncer and the checkpointer, each on a thread of
+/// its own.
 ///
 /// On the caller's runtime they would queue behind the very tasks they
 /// answer: hundreds of appenders woken by one acknowledgement run before
 /// the writer's next statement, and the groups shrink. On threads of their
 /// own the writer fills its next transaction while the syncer waits for the
-/// disk. The returned receiver is answered when both have stopped.
+/// disk. The returned receiver is answered when all three have stopped.
 fn spawn_writer_thread(
     writer: Writer,
+    (checkpointer, checkpoints): (Checkpointer, Checkpoints),
     requests: mpsc::Receiver<Queued>,
     committed_head: Arc<AtomicU64>,
     wal: Option<Arc<Wal>>,
@@ -213,17 +218,22 @@ fn spawn_writer_thread(
         |error: std::io::Error| Error::Unavailable(format!("cannot start the log writer: {error}"));
     let (committed, to_sync) = std::sync::mpsc::channel();
     let (done, done_receiver) = oneshot::channel();
+    // Each ends when the writer has stopped and dropped its sender.
+    let checkpointer = std::thread::Builder::new()
+        .name("spool-log-checkpoint".to_owned())
+        .spawn(move || checkpointer.run())
+        .map_err(cannot_start)?;
     std::thread::Builder::new()
         .name("spool-log-sync".to_owned())
         .spawn(move || {
-            // Ends when the writer has stopped and dropped its sender.
             sync::run(to_sync, wal, head);
+            let _ = checkpointer.join();
             let _ = done.send(());
         })
         .map_err(cannot_start)?;
     std::thread::Builder::new()
         .name("spool-log-writer".to_owned())
-        .spawn(move || writer.run(requests, committed, committed_head))
+        .spawn(move || writer.run(requests, committed, committed_head, checkpoints))
         .map_err(cannot_start)?;
     Ok(done_receiver)
 }

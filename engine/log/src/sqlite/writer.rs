@@ -20,6 +20,7 @@ use spool_schemas::{EventId, Position, StreamName, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::SCHEMA;
+use super::checkpoint::{Checkpoints, passive_checkpoint};
 use super::sync::Committed;
 
 use crate::plan::{Plan, plan};
@@ -108,8 +109,10 @@ impl Writer {
         connection.execute_batch(
             // Commits write the WAL without syncing it; with
             // `Durability::Full` the syncer fsyncs it before any caller is
-            // answered (see `sync`). Checkpoints still sync first.
+            // answered (see `sync`). Checkpoints still sync first, and run
+            // on a thread of their own (see `checkpoint`).
             "PRAGMA synchronous = NORMAL;
+             PRAGMA wal_autocheckpoint = 0;
              PRAGMA cache_size = -65536;
              PRAGMA temp_store = MEMORY;",
         )?;
@@ -158,6 +161,7 @@ impl Writer {
         mut requests: mpsc::Receiver<Queued>,
         committed: std::sync::mpsc::Sender<Committed>,
         committed_head: Arc<AtomicU64>,
+        checkpoints: Checkpoints,
     ) {
         while let Some(first) = requests.blocking_recv() {
             let mut n_events = first.0.append.events.len();
@@ -172,6 +176,13 @@ impl Writer {
                 }
             }
             let started = Instant::now();
+            if checkpoints.take_assist() {
+                // Copies only what was written since the checkpointer's
+                // pass; the commit below then starts the WAL over.
+                if let Err(error) = passive_checkpoint(&self.connection) {
+                    tracing::warn!(%error, "checkpoint of the log failed");
+                }
+            }
             let (requests_in_group, replies): (Vec<Arc<WriteRequest>>, Vec<Reply>) =
                 group.into_iter().unzip();
             let answers = self.write_group(&requests_in_group);
@@ -186,6 +197,7 @@ impl Writer {
             // The syncer outlives the writer; if it is gone the process is
             // going down and the callers learn it from their dropped replies.
             let _ = committed.send(Committed { head: self.head, answers });
+            checkpoints.committed();
         }
     }
 
