@@ -49,6 +49,7 @@ pub use openapi::openapi;
 pub use problem::{Problem, ProblemKind};
 pub use ratelimit::{RateLimitOptions, RateLimiter, SharedStore};
 pub use record::{Recorder, RecorderHandle, RecorderOptions, UNMATCHED_ROUTE};
+pub use routes::usage::UsageCache;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -88,6 +89,9 @@ pub struct ApiOptions {
     /// again: the longest a revocation made elsewhere (another instance,
     /// the CLI) waits here once projected. Zero: no cache.
     pub auth_cache_ttl: Duration,
+    /// How long an answer of `GET /v1/usage` is served again to the same
+    /// tenant asking the same query. Zero: no cache.
+    pub usage_cache_ttl: Duration,
 }
 
 impl Default for ApiOptions {
@@ -101,6 +105,7 @@ impl Default for ApiOptions {
             oauth: OAuthOptions::default(),
             rate_limits: RateLimitOptions::default(),
             auth_cache_ttl: Duration::from_millis(500),
+            usage_cache_ttl: Duration::from_secs(1),
         }
     }
 }
@@ -126,6 +131,9 @@ pub struct AppState {
     /// Recent successful credential lookups (`AuthCache::default()`;
     /// clones of one state share it): see [`auth_cache`].
     pub auth_cache: AuthCache,
+    /// Recent answers of `GET /v1/usage`
+    /// (`UsageCache::new(options.usage_cache_ttl)`; clones share it).
+    pub usage_cache: UsageCache,
 }
 
 /// The whole API: `/v1` routes (authenticated, each request recorded as an

@@ -6,8 +6,11 @@ mod support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use std::time::Duration as StdDuration;
+
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::{Value, json};
+use spool_api::ApiOptions;
 use spool_api::keys::{self, Mode};
 use spool_log::NewEvent;
 use spool_schemas::{ApiCall, Event, KeyCreated, KeyId, Scope, StreamName, TenantId};
@@ -380,7 +383,13 @@ async fn usage_is_per_tenant_and_test_mode_is_counted_apart() {
 
 #[tokio::test]
 async fn requests_with_an_oauth_token_are_counted_under_their_client() {
-    let h = harness().await;
+    // It asks the same query again once its own call is projected; the
+    // usage cache would answer that with the first answer.
+    let h = harness_with(
+        ApiOptions { usage_cache_ttl: StdDuration::ZERO, ..Default::default() },
+        |log| log,
+    )
+    .await;
     let admin = h.tenant(&[Scope::Admin]).await;
     let created = h
         .send(
@@ -433,6 +442,36 @@ async fn requests_with_an_oauth_token_are_counted_under_their_client() {
     assert_eq!(usage_rows.len(), 1, "{}", response.json);
     assert_eq!(usage_rows[0]["key_id"], client_id);
     assert_eq!(usage_rows[0]["requests"], 1);
+}
+
+/// Dashboards poll the same ranges: a tenant asking a query again within
+/// `usage_cache_ttl` gets the answer computed before, another tenant
+/// asking the same query gets its own, and past the TTL the answer is
+/// computed afresh.
+#[tokio::test]
+async fn a_repeated_usage_query_is_answered_from_the_cache_until_its_ttl() {
+    let ttl = StdDuration::from_secs(2);
+    let h =
+        harness_with(ApiOptions { usage_cache_ttl: ttl, ..Default::default() }, |log| log).await;
+    let (a, b) = (h.tenant(&[Scope::UsageRead]).await, h.tenant(&[Scope::UsageRead]).await);
+    let start: DateTime<Utc> = "2026-03-01T10:00:00Z".parse().unwrap();
+    let uri = usage_uri(start, start + Duration::hours(1), "");
+    let requests = |response: &Response| -> u64 {
+        rows(response).iter().map(|row| row["requests"].as_u64().unwrap()).sum()
+    };
+
+    h.append(vec![call(&a, "/v1/events", 200, 900, start)]).await;
+    let first = h.get(Some(&a), &uri).await;
+    let asked = std::time::Instant::now();
+    assert_eq!(requests(&first), 1);
+    h.append((0..4).map(|_| call(&a, "/v1/events", 200, 900, start)).collect()).await;
+    let again = h.get(Some(&a), &uri).await;
+    assert!(asked.elapsed() < ttl, "the test is too slow to see the cache");
+    assert_eq!(again.json, first.json, "within the TTL: the same answer");
+    assert_eq!(requests(&h.get(Some(&b), &uri).await), 0, "another tenant: its own answer");
+
+    tokio::time::sleep(ttl.saturating_sub(asked.elapsed()) + StdDuration::from_millis(50)).await;
+    assert_eq!(requests(&h.get(Some(&a), &uri).await), 5, "past the TTL: afresh");
 }
 
 #[tokio::test]

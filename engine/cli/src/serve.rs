@@ -22,7 +22,7 @@ use anyhow::Context;
 use clap::Args;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use spool_api::commands;
-use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions};
+use spool_api::{ApiOptions, AppState, Recorder, RecorderOptions, UsageCache};
 use spool_log::{Append, Cursor, Filter, Log, SqliteOptions, TypeFilter};
 use spool_projections::{CurrentRunner, Runner, RunnerHandle, RunnerOptions, Views};
 use spool_schemas::{Payload, TenantCreated};
@@ -267,6 +267,7 @@ async fn start(
         options: ApiOptions::default(),
         oauth_keys: Default::default(),
         auth_cache: Default::default(),
+        usage_cache: UsageCache::new(ApiOptions::default().usage_cache_ttl),
     };
     let signal = ShutdownSignal::install()?;
     let listener = tokio::net::TcpListener::bind(listen)

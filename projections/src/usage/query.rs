@@ -18,7 +18,7 @@ use crate::views::Views;
 use crate::{Error, Result};
 
 /// How long each row of an answer spans; days are UTC days.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Granularity {
     Minute,
     #[default]
@@ -75,7 +75,7 @@ impl std::str::FromStr for Granularity {
 }
 
 /// Which columns split the rows, besides time. None: one row per bucket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GroupBy {
     /// By `key_id`.
     pub key: bool,
@@ -161,7 +161,7 @@ fn days(span: Duration) -> String {
 }
 
 /// A checked usage query: only [`UsageQuery::new`] makes one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct UsageQuery {
     from: DateTime<Utc>,
     to: DateTime<Utc>,

@@ -9,17 +9,22 @@
 //! latency sketches of the range, so they are within 1% of the exact
 //! percentile however long the range.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use moka::future::Cache;
 use serde::{Deserialize, Serialize};
+use spool_projections::Views;
 use spool_projections::usage::{
     self, Granularity, GroupBy, InvalidUsageQuery, UsageQuery, UsageRow,
 };
-use spool_schemas::Scope;
+use spool_schemas::{Scope, TenantId};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
@@ -106,7 +111,9 @@ const CSV: &str = "text/csv; charset=utf-8";
 /// holds only its minutes inside the range. Percentiles come from merging
 /// the range's latency sketches (1% relative accuracy), never from
 /// averaging percentiles. A test-mode key sees test-mode traffic only.
-/// Answers CSV (RFC 4180, with a header row) for `Accept: text/csv`.
+/// Answers CSV (RFC 4180, with a header row) for `Accept: text/csv`. The
+/// same query asked again by the same tenant within a second may get the
+/// same answer: answers are cached that long.
 #[utoipa::path(
     get,
     path = "/v1/usage",
@@ -139,7 +146,7 @@ pub(crate) async fn usage(
 ) -> Result<Response, Problem> {
     caller.require(Scope::UsageRead)?;
     let usage_query = usage_query(query(params)?)?;
-    let rows = usage::query(&state.views, caller.tenant, &usage_query).await?;
+    let rows = state.usage_cache.rows(&state.views, caller.tenant, &usage_query).await?;
     let rows = row_views(&rows, usage_query.group_by());
     if wants_csv(&headers) {
         let body = csv(usage_query.group_by(), &rows).map_err(|error| Problem::internal(&error))?;
@@ -154,6 +161,43 @@ pub(crate) async fn usage(
         rows,
     })
     .into_response())
+}
+
+/// Recent answers, per tenant and query, kept for
+/// `ApiOptions::usage_cache_ttl` (1 s by default; zero: none). Dashboards
+/// poll the same ranges, and an answer sums every latency bucket of its
+/// range (an hour of minutes is tens of thousands of rows): computed once,
+/// however many ask at the same time, it serves them all. Usage is already
+/// as old as the projection's lag; this adds at most the TTL.
+#[derive(Clone)]
+pub struct UsageCache(Option<Cache<(TenantId, UsageQuery), Answer>>);
+
+/// A computed answer's rows, shared by everyone it is served to.
+type Answer = Arc<Vec<UsageRow>>;
+
+impl UsageCache {
+    pub fn new(ttl: Duration) -> UsageCache {
+        UsageCache(
+            (!ttl.is_zero())
+                .then(|| Cache::builder().max_capacity(1_000).time_to_live(ttl).build()),
+        )
+    }
+
+    async fn rows(
+        &self,
+        views: &Views,
+        tenant: TenantId,
+        query: &UsageQuery,
+    ) -> Result<Answer, Problem> {
+        let read = async { usage::query(views, tenant, query).await.map(Arc::new) };
+        match &self.0 {
+            None => Ok(read.await?),
+            Some(cache) => cache
+                .try_get_with((tenant, *query), read)
+                .await
+                .map_err(|error| Problem::internal(&error)),
+        }
+    }
 }
 
 fn usage_query(params: UsageParams) -> Result<UsageQuery, Problem> {

@@ -134,6 +134,7 @@ async fn harness_on(
         recorder: recorder.handle(),
         metrics: None,
         shutdown: stopped.clone(),
+        usage_cache: spool_api::UsageCache::new(options.usage_cache_ttl),
         options,
         oauth_keys: Default::default(),
         auth_cache: Default::default(),
