@@ -4,10 +4,10 @@
 
 mod support;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
 use std::time::Duration as StdDuration;
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::{Value, json};
 use spool_api::ApiOptions;

@@ -257,6 +257,7 @@ async fn start(
 
     let recorder = Recorder::new(log.clone(), RecorderOptions::default());
     let (stop_streams, streams_stopped) = watch::channel(false);
+    let options = ApiOptions::default();
     let mut state = AppState {
         log: log.clone(),
         views: views.clone(),
@@ -264,10 +265,10 @@ async fn start(
         recorder: recorder.handle(),
         metrics: Some(metrics),
         shutdown: streams_stopped,
-        options: ApiOptions::default(),
+        usage_cache: UsageCache::new(options.usage_cache_ttl),
+        options,
         oauth_keys: Default::default(),
         auth_cache: Default::default(),
-        usage_cache: UsageCache::new(ApiOptions::default().usage_cache_ttl),
     };
     let signal = ShutdownSignal::install()?;
     let listener = tokio::net::TcpListener::bind(listen)
