@@ -30,7 +30,7 @@ const PASS_DELAY: Duration = Duration::from_millis(25);
 /// WAL length, in frames (pages), from which the writer is asked to let
 /// the WAL start over: with 4 KiB pages about 16 MiB, which also bounds
 /// the WAL file's size under steady load.
-const RESTART_FRAMES: i64 = 4_000;
+pub(super) const RESTART_FRAMES: i64 = 4_000;
 
 /// The writer's side: tells the checkpointer about commits, and learns when
 /// to assist.

@@ -37,9 +37,7 @@ impl Wal {
     /// `database` must be the canonical path of the database file: SQLite
     /// resolves symbolic links, and the WAL lies beside the real file.
     pub(super) fn new(database: &std::path::Path) -> Wal {
-        let mut path = database.as_os_str().to_owned();
-        path.push("-wal");
-        Wal { path: path.into(), file: Mutex::new(None), failed: false.into() }
+        Wal { path: wal_path(database), file: Mutex::new(None), failed: false.into() }
     }
 
     /// Makes everything written to the WAL so far durable. Blocks.
@@ -75,6 +73,13 @@ impl Wal {
         };
         file.sync_data()
     }
+}
+
+/// Where SQLite keeps the write-ahead file of `database`, a canonical path.
+pub(super) fn wal_path(database: &std::path::Path) -> PathBuf {
+    let mut path = database.as_os_str().to_owned();
+    path.push("-wal");
+    path.into()
 }
 
 /// A group the writer committed (or failed), with its callers' answers.

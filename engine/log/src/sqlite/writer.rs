@@ -20,8 +20,8 @@ use spool_schemas::{EventId, Position, StreamName, TenantId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::SCHEMA;
-use super::checkpoint::{Checkpoints, passive_checkpoint};
-use super::sync::Committed;
+use super::checkpoint::{Checkpoints, RESTART_FRAMES, passive_checkpoint};
+use super::sync::{Committed, wal_path};
 
 use crate::plan::{Plan, plan};
 use crate::{Append, Appended, Error, Result};
@@ -117,6 +117,7 @@ impl Writer {
              PRAGMA temp_store = MEMORY;",
         )?;
         connection.execute_batch(SCHEMA)?;
+        preallocate_wal(&connection, path)?;
         let mut writer = Writer {
             connection,
             head: Position::ZERO,
@@ -389,6 +390,54 @@ fn stored_ids(
         }
     }
     Ok(stored)
+}
+
+/// Zero-fills the WAL up to the length it keeps under steady load (about
+/// `RESTART_FRAMES` frames; see `checkpoint`).
+///
+/// An fdatasync of a file that grew must also commit the file system's
+/// journal for the new size and blocks; one of a file overwritten in place
+/// syncs only the data. Measured here with 400 KiB commits: 0.45 ms against
+/// 0.27 ms. Without this, every commit of a fresh log grows the WAL until
+/// its first restart, with every caller waiting on those slower syncs; and
+/// writing into blocks the file has is cheaper for the writer too (with 256
+/// concurrent appenders, 7.1–7.5 µs of its CPU per event against 7.8–8.4).
+///
+/// Safe for SQLite, which reads frames only up to the last valid one (a
+/// frame's salt must match the header's) and overwrites a longer file when
+/// the WAL starts over, as it does with the frames of an earlier pass.
+/// Only bytes past the end of the file are written, under the write lock,
+/// so no frame of any process is touched.
+fn preallocate_wal(connection: &Connection, database: &Path) -> Result<()> {
+    let page_size: i64 = connection.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let length = 32 + RESTART_FRAMES as u64 * (24 + page_size as u64);
+    let cannot = |error: std::io::Error| {
+        Error::Unavailable(format!("cannot preallocate the WAL of {}: {error}", database.display()))
+    };
+    let wal = wal_path(&std::fs::canonicalize(database).map_err(cannot)?);
+    connection.execute_batch("BEGIN IMMEDIATE")?;
+    let filled = zero_fill(&wal, length);
+    connection.execute_batch("ROLLBACK")?;
+    filled.map_err(cannot)
+}
+
+/// Extends `path` with zeros to `length` bytes, durably; never writes
+/// before its end.
+fn zero_fill(path: &Path, length: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let mut end = file.metadata()?.len();
+    if end >= length {
+        return Ok(());
+    }
+    let zeros = vec![0_u8; 1 << 20];
+    while end < length {
+        let n = zeros.len().min((length - end) as usize);
+        file.write_all_at(&zeros[..n], end)?;
+        end += n as u64;
+    }
+    file.sync_all()
 }
 
 fn cached(streams: &StreamCache, tenant: TenantId, stream: &StreamName) -> Option<CachedStream> {
