@@ -175,3 +175,43 @@ async fn the_recorder_retries_a_failed_append_until_it_is_stored() {
     assert_eq!((report.recorded, report.retries, report.failed), (3, 3, 0), "{report:?}");
     assert_eq!(*memory.head(0).borrow(), Position(3));
 }
+
+fn record_of(status: u16) -> NewEvent {
+    NewEvent::new(
+        TenantId::SYSTEM,
+        StreamName::for_api_calls(None),
+        Event::ApiCall(ApiCall {
+            key_id: None,
+            client_id: None,
+            method: "GET".into(),
+            route: "/v1/usage".into(),
+            status,
+            latency_us: 1,
+        }),
+    )
+}
+
+/// Records that arrive within the linger share one append (one commit),
+/// and a record is appended once the linger is over even if no other
+/// comes.
+#[tokio::test]
+async fn records_arriving_within_the_linger_share_one_append() {
+    let log: Arc<dyn Log> = Arc::new(MemoryLog::new());
+    let options =
+        RecorderOptions { linger: Duration::from_millis(300), ..RecorderOptions::default() };
+    let recorder = Recorder::new(log.clone(), options);
+    let handle = recorder.handle();
+    let running = tokio::spawn(recorder.run(std::future::pending()));
+
+    handle.record(record_of(200)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.record(record_of(201)).await;
+    handle.record(record_of(404)).await;
+    // Past the linger of the first record: appended without a fourth.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(*log.head(0).borrow(), Position(3), "the lingering records were not appended");
+
+    drop(handle);
+    let report = tokio::time::timeout(WAIT, running).await.unwrap().unwrap();
+    assert_eq!((report.recorded, report.appends), (3, 1), "{report:?}");
+}
