@@ -101,6 +101,10 @@ impl Projection for Auth {
         &TABLES
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[TenantCreated::TYPE, KeyCreated::TYPE, KeyRolled::TYPE, KeyRevoked::TYPE])
+    }
+
     async fn apply(
         &self,
         connection: &mut Connection,

@@ -67,7 +67,8 @@ pub async fn rebuild(
     let build = registry::start_build(views, projection.as_ref()).await?;
     let partitions: Vec<u32> = (0..log.partitions()).collect();
     let mut checkpoint = Cursor::start(log.partitions());
-    let mut feed = Feed::start(log.clone(), &checkpoint, &partitions, REBUILD_BATCH);
+    let mut feed =
+        Feed::start(log.clone(), projection.as_ref(), &checkpoint, &partitions, REBUILD_BATCH);
     let mut head = Cursor::heads(log.as_ref());
     let mut events = 0;
     let (_never_stop, no_shutdown) = watch::channel(false);

@@ -1,7 +1,8 @@
 //! Reading the log ahead of the projection: one reader task per partition
 //! fetches the next batches while the current one is applied, so reading
 //! and writing use every core. Caught up, a reader waits on its
-//! partition's head watch; it never sleep-polls.
+//! partition's head watch; it never sleep-polls (it only gathers for
+//! [`LIVE_GATHER`] once the head moved).
 //!
 //! Every batch holds events of one partition. The readers of a feed share
 //! one channel, so batches of different partitions arrive interleaved in
@@ -18,12 +19,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use spool_log::{Cursor, Filter, Log, ReadBatch, StoredEvent};
+use spool_log::{Cursor, Filter, Log, ReadBatch, StoredEvent, TypeFilter};
 use spool_schemas::Position;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::{Error, Result};
+use crate::{Error, Projection, Result};
 
 /// How many batches each partition's reader may run ahead of the projection.
 const READ_AHEAD: usize = 2;
@@ -32,6 +33,15 @@ const READ_AHEAD: usize = 2;
 /// partitions of a feed. Decoding rows is most of a rebuild's work; the
 /// SQLite log serves reads on several connections, each on its own thread.
 const PARALLEL_READS: usize = 3;
+
+/// How long a caught-up reader waits, once the head moved, before reading.
+/// Under load the head moves with every group commit, thousands of times a
+/// second; read each time, every projection would run a read and a
+/// transaction per commit, a few events each, and that work grew with the
+/// request rate of the API until it was a fifth of the server's CPU. This
+/// bounds it to a hundred per second per projection, for a read model at
+/// most this much later.
+const LIVE_GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Consecutive events of one partition of the log.
 pub(crate) struct Batch {
@@ -62,13 +72,24 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    /// Reads each of `partitions` after its position in `from`.
+    /// Reads each of `partitions` after its position in `from`: the events
+    /// of `projection`'s types (see [`Projection::event_types`]).
     pub(crate) fn start(
         log: Arc<dyn Log>,
+        projection: &dyn Projection,
         from: &Cursor,
         partitions: &[u32],
         batch_size: usize,
     ) -> Feed {
+        let filter = Arc::new(Filter {
+            types: projection
+                .event_types()
+                .unwrap_or_default()
+                .iter()
+                .map(|name| TypeFilter::Exact((*name).to_owned()))
+                .collect(),
+            ..Filter::default()
+        });
         let readers_count = partitions.len().max(1);
         let (sender, batches) = mpsc::channel(READ_AHEAD * readers_count);
         let parallel_reads = (PARALLEL_READS / readers_count).max(1);
@@ -77,6 +98,7 @@ impl Feed {
             .map(|&partition| {
                 tokio::spawn(read(
                     log.clone(),
+                    filter.clone(),
                     partition,
                     from.get(partition),
                     batch_size.max(1),
@@ -119,6 +141,7 @@ impl Drop for InFlight {
 /// receiver is dropped.
 async fn read(
     log: Arc<dyn Log>,
+    filter: Arc<Filter>,
     partition: u32,
     after: Position,
     batch_size: usize,
@@ -134,13 +157,13 @@ async fn read(
     loop {
         let head = *head_watch.borrow_and_update();
         while in_flight.len() < parallel_reads && next_read < head {
-            let read_log = log.clone();
+            let (read_log, filter) = (log.clone(), filter.clone());
             let start = next_read;
             in_flight.push_back(InFlight {
                 after: start,
                 head,
                 read: tokio::spawn(async move {
-                    read_log.read(partition, start, batch_size, &Filter::default()).await
+                    read_log.read(partition, start, batch_size, &filter).await
                 }),
             });
             next_read = Position((start.0 + batch_size as u64).min(head.0));
@@ -149,6 +172,9 @@ async fn read(
             if head_watch.changed().await.is_err() {
                 return;
             }
+            // Caught up: let the appends that follow land too, so that one
+            // read, and one transaction of the projection, covers them all.
+            tokio::time::sleep(LIVE_GATHER).await;
             continue;
         };
         let read = match (&mut oldest.read).await {

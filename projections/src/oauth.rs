@@ -113,6 +113,15 @@ impl Projection for OAuth {
         &TABLES
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[
+            OAuthClientCreated::TYPE,
+            OAuthClientDeleted::TYPE,
+            OAuthSigningKeyPublished::TYPE,
+            OAuthTokenRevoked::TYPE,
+        ])
+    }
+
     async fn apply(
         &self,
         connection: &mut Connection,

@@ -80,6 +80,14 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection writes, created empty for each generation.
     fn tables(&self) -> &'static [Table];
 
+    /// The event types this projection applies (their `TYPE` constants),
+    /// if not every type: the runner then reads only those, instead of
+    /// decoding every event of the log only for `apply` to skip it. Its
+    /// checkpoint still moves past the others.
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// Applies `events` (consecutive events of one partition, in order) to
     /// the tables of `tables`, inside the transaction that `connection`
     /// holds. The runner commits that partition's checkpoint in the same

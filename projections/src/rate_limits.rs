@@ -83,6 +83,10 @@ impl Projection for RateLimits {
         &TABLES
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[RateLimitTierSet::TYPE, RateLimitKeyAssigned::TYPE, RateLimitKeyLimitSet::TYPE])
+    }
+
     async fn apply(
         &self,
         connection: &mut Connection,

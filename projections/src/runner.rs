@@ -240,7 +240,7 @@ impl Task {
         let checkpoint =
             registry::checkpoint(views, projection.name(), stored.generation, log.partitions())
                 .await?;
-        let feed = Feed::start(log.clone(), &checkpoint, &self.owned, self.batch_size);
+        let feed = Feed::start(log.clone(), projection, &checkpoint, &self.owned, self.batch_size);
         Ok(Live { feed, generation: stored.generation, checkpoint })
     }
 
@@ -275,7 +275,8 @@ impl Task {
             "building projection in shadow tables"
         );
         self.publish(&checkpoint, ProjectionState::Building);
-        let mut feed = Feed::start(log.clone(), &checkpoint, &self.owned, self.batch_size);
+        let mut feed =
+            Feed::start(log.clone(), projection, &checkpoint, &self.owned, self.batch_size);
         let building = Building { projection, build, partitions: &self.owned };
         let swapped = building
             .build_and_swap(log, views, &mut feed, &mut checkpoint, stopped, |_, checkpoint| {

@@ -134,6 +134,10 @@ impl Projection for Usage {
         &TABLES
     }
 
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&[ApiCall::TYPE])
+    }
+
     async fn apply(
         &self,
         connection: &mut Connection,

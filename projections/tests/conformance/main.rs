@@ -31,6 +31,7 @@ support::conformance_suite!(
     runner::views_reopen_with_their_checkpoints,
     runner::batches_larger_than_the_logs_read_window_stay_consecutive,
     runner::an_interrupted_rebuild_of_the_serving_version_is_dropped_on_start,
+    runner::a_projection_reads_only_its_event_types_and_its_checkpoint_passes_the_rest,
     partitions::the_live_runner_on_four_partitions_builds_what_a_rebuild_builds,
     partitions::a_restarted_runner_resumes_every_partition_from_its_own_checkpoint,
     partitions::status_shows_cursors_and_lag_summed_over_partitions,

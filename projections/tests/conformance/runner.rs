@@ -1,7 +1,7 @@
 //! The runner: order, checkpoints committed with the rows, restarts,
 //! version bumps that rebuild in shadow tables, and failures that stop.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::support::*;
 use spool_log::{SqliteLog, SqliteOptions, StoredEvent};
@@ -365,4 +365,67 @@ pub(crate) async fn an_interrupted_rebuild_of_the_serving_version_is_dropped_on_
     let ours: Vec<_> = tables.iter().filter(|t| t.starts_with("event_counts")).collect();
     assert_eq!(ours, [&format!("event_counts_g{generation}")], "the stale build's table is gone");
     assert_eq!(counts(&store.views, tenant).await.iter().map(|c| c.count).sum::<u64>(), 20);
+}
+
+/// `event_counts` reading only `order.created`, recording the types it got.
+#[derive(Default)]
+struct OnlyOrders(Mutex<Vec<String>>);
+
+#[async_trait::async_trait]
+impl Projection for OnlyOrders {
+    fn name(&self) -> &'static str {
+        EventCounts.name()
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn tables(&self) -> &'static [Table] {
+        EventCounts.tables()
+    }
+    fn event_types(&self) -> Option<&'static [&'static str]> {
+        Some(&["order.created"])
+    }
+    async fn apply(
+        &self,
+        connection: &mut Connection,
+        tables: Tables,
+        events: &[StoredEvent],
+    ) -> Result<()> {
+        self.0.lock().expect("lock").extend(events.iter().map(|e| e.type_name.clone()));
+        EventCounts.apply(connection, tables, events).await
+    }
+}
+
+pub(crate) async fn a_projection_reads_only_its_event_types_and_its_checkpoint_passes_the_rest(
+    kind: Kind,
+) {
+    let log = memory_log();
+    let store = kind.open().await;
+    let tenant = TenantId::new();
+    let start = at("2026-03-01T10:00:00Z");
+    let mixed = |n: usize| -> Vec<spool_log::NewEvent> {
+        (0..n)
+            .map(|i| app(tenant, if i % 3 == 0 { "order.created" } else { "order.paid" }, start))
+            .collect()
+    };
+    // Built from the log as it stands, then followed live.
+    append(log.as_ref(), mixed(30)).await;
+    let only = Arc::new(OnlyOrders::default());
+    let running = Running::start(log.clone(), &store.views, vec![only.clone()], 4);
+    let last = append(log.as_ref(), mixed(9)).await;
+    running.handle.wait_for(last).await.expect("caught up");
+
+    assert_eq!(*only.0.lock().expect("lock"), vec!["order.created".to_owned(); 13]);
+    assert_eq!(
+        running.handle.status()[0].checkpoint.get(0),
+        last,
+        "the checkpoint passes the rest"
+    );
+    running.stop().await.expect("clean stop");
+    let counted: Vec<(String, u64)> = counts(&store.views, tenant)
+        .await
+        .into_iter()
+        .map(|count| (count.event_type, count.count))
+        .collect();
+    assert_eq!(counted, vec![("order.created".to_owned(), 13)]);
 }
