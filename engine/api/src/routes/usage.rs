@@ -9,10 +9,9 @@
 //! latency sketches of the range, so they are within 1% of the exact
 //! percentile however long the range.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -146,34 +145,31 @@ pub(crate) async fn usage(
 ) -> Result<Response, Problem> {
     caller.require(Scope::UsageRead)?;
     let usage_query = usage_query(query(params)?)?;
-    let rows = state.usage_cache.rows(&state.views, caller.tenant, &usage_query).await?;
-    let rows = row_views(&rows, usage_query.group_by());
-    if wants_csv(&headers) {
-        let body = csv(usage_query.group_by(), &rows).map_err(|error| Problem::internal(&error))?;
-        return Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(CSV))], body).into_response());
-    }
-    Ok(Json(UsageReport {
-        from: usage_query.from(),
-        to: usage_query.to(),
-        granularity: usage_query.granularity().as_str(),
-        group_by: group_by_names(usage_query.group_by()),
-        livemode: !caller.tenant.is_test(),
-        rows,
-    })
-    .into_response())
+    let format = if wants_csv(&headers) { Format::Csv } else { Format::Json };
+    let body = state.usage_cache.answer(&state.views, caller.tenant, &usage_query, format).await?;
+    let content_type = match format {
+        Format::Csv => CSV,
+        Format::Json => "application/json",
+    };
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(content_type))], body).into_response())
 }
 
-/// Recent answers, per tenant and query, kept for
+/// How an answer is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Format {
+    Json,
+    Csv,
+}
+
+/// Recent answers, per tenant, query and format, kept for
 /// `ApiOptions::usage_cache_ttl` (1 s by default; zero: none). Dashboards
 /// poll the same ranges, and an answer sums every latency bucket of its
-/// range (an hour of minutes is tens of thousands of rows): computed once,
-/// however many ask at the same time, it serves them all. Usage is already
-/// as old as the projection's lag; this adds at most the TTL.
+/// range (an hour of minutes is tens of thousands of rows): computed and
+/// written once, however many ask at the same time, it serves them all as
+/// it is. Usage is already as old as the projection's lag; this adds at
+/// most the TTL.
 #[derive(Clone)]
-pub struct UsageCache(Option<Cache<(TenantId, UsageQuery), Answer>>);
-
-/// A computed answer's rows, shared by everyone it is served to.
-type Answer = Arc<Vec<UsageRow>>;
+pub struct UsageCache(Option<Cache<(TenantId, UsageQuery, Format), Bytes>>);
 
 impl UsageCache {
     pub fn new(ttl: Duration) -> UsageCache {
@@ -183,21 +179,46 @@ impl UsageCache {
         )
     }
 
-    async fn rows(
+    /// The body of the answer to `query`.
+    async fn answer(
         &self,
         views: &Views,
         tenant: TenantId,
         query: &UsageQuery,
-    ) -> Result<Answer, Problem> {
-        let read = async { usage::query(views, tenant, query).await.map(Arc::new) };
+        format: Format,
+    ) -> Result<Bytes, Problem> {
+        let written = write_answer(views, tenant, query, format);
         match &self.0 {
-            None => Ok(read.await?),
+            None => written.await,
             Some(cache) => cache
-                .try_get_with((tenant, *query), read)
+                .try_get_with((tenant, *query, format), written)
                 .await
-                .map_err(|error| Problem::internal(&error)),
+                .map_err(|problem| Problem::clone(&problem)),
         }
     }
+}
+
+async fn write_answer(
+    views: &Views,
+    tenant: TenantId,
+    query: &UsageQuery,
+    format: Format,
+) -> Result<Bytes, Problem> {
+    let rows = usage::query(views, tenant, query).await?;
+    let rows = row_views(&rows, query.group_by());
+    let body = match format {
+        Format::Csv => csv(query.group_by(), &rows).map_err(|error| Problem::internal(&error))?,
+        Format::Json => serde_json::to_vec(&UsageReport {
+            from: query.from(),
+            to: query.to(),
+            granularity: query.granularity().as_str(),
+            group_by: group_by_names(query.group_by()),
+            livemode: !tenant.is_test(),
+            rows,
+        })
+        .map_err(|error| Problem::internal(&error))?,
+    };
+    Ok(Bytes::from(body))
 }
 
 fn usage_query(params: UsageParams) -> Result<UsageQuery, Problem> {
