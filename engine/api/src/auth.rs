@@ -31,9 +31,9 @@ use spool_projections::ProjectionState;
 use spool_projections::auth::SecretMatch;
 use spool_schemas::{KeyId, Scope, TenantId};
 
-use crate::AppState;
 use crate::keys;
 use crate::problem::{Problem, ProblemKind};
+use crate::{AppState, Shared};
 
 /// Who is calling: an authenticated, unrevoked, unexpired key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,10 +105,10 @@ impl CallerSlot {
 #[derive(Clone)]
 struct Authenticated(Result<Caller, Problem>);
 
-impl FromRequestParts<AppState> for Caller {
+impl FromRequestParts<Shared> for Caller {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+    async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Self, Problem> {
         if let Some(Authenticated(outcome)) = parts.extensions.get::<Authenticated>() {
             return outcome.clone();
         }

@@ -67,7 +67,7 @@ use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn};
 use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, Required, ResponseBuilder, Type};
 
 use crate::problem::{Problem, ProblemKind};
-use crate::{AppState, Caller, MAX_BODY_BYTES};
+use crate::{Caller, MAX_BODY_BYTES, Shared};
 
 /// The request header naming an idempotent request.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -129,12 +129,12 @@ impl Default for IdempotencyOptions {
 /// The layer's state: the app's, and when expired entries are next purged.
 #[derive(Clone)]
 pub(crate) struct Idempotency {
-    state: AppState,
+    state: Shared,
     next_purge_ms: Arc<AtomicI64>,
 }
 
 impl Idempotency {
-    pub(crate) fn new(state: AppState) -> Idempotency {
+    pub(crate) fn new(state: Shared) -> Idempotency {
         Idempotency { state, next_purge_ms: Arc::new(AtomicI64::new(i64::MIN)) }
     }
 }

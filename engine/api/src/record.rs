@@ -21,7 +21,7 @@ use spool_log::{Append, Log, NewEvent};
 use spool_schemas::{ApiCall, Event, StreamName, TenantId};
 use tokio::sync::mpsc;
 
-use crate::AppState;
+use crate::Shared;
 use crate::auth::CallerSlot;
 
 /// The route recorded for a request that matched no route.
@@ -256,7 +256,7 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// The middleware around every `/v1` route (and the fallback).
 pub(crate) async fn record_call(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     mut request: Request,
     next: Next,
 ) -> Response {

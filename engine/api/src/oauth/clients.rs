@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use super::client_auth::ClientSecret;
 use super::error::no_store;
 use crate::problem::{Problem, ProblemBody, ProblemKind};
-use crate::{AppState, Caller};
+use crate::{AppState, Caller, Shared};
 
 /// The longest client name accepted, in characters.
 pub const MAX_NAME_CHARS: usize = 200;
@@ -100,7 +100,7 @@ impl ClientView {
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     body: Result<Json<CreateClient>, JsonRejection>,
 ) -> Result<Response, Problem> {
@@ -170,7 +170,7 @@ pub(crate) async fn create(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
 ) -> Result<Json<ClientList>, Problem> {
     caller.require(Scope::Admin)?;
@@ -195,7 +195,7 @@ pub(crate) async fn list(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn get(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ClientView>, Problem> {
@@ -223,7 +223,7 @@ pub(crate) async fn get(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {

@@ -24,12 +24,12 @@ use super::form::Form;
 use super::signing::Signer;
 use super::token::{self, AccessClaims};
 use crate::problem::{Problem, ProblemBody};
-use crate::{AppState, Caller};
+use crate::{AppState, Caller, Shared};
 
 /// The state of the token endpoints: the app's, and this instance's keys.
 #[derive(Clone)]
 pub(crate) struct Endpoints {
-    pub(crate) state: AppState,
+    pub(crate) state: Shared,
     pub(crate) signer: Signer,
 }
 
@@ -371,7 +371,7 @@ pub struct JwkView {
     tag = "oauth",
     responses((status = 200, description = "The key set", body = JwkSet)),
 )]
-pub(crate) async fn jwks(State(state): State<AppState>) -> Result<Response, Problem> {
+pub(crate) async fn jwks(State(state): State<Shared>) -> Result<Response, Problem> {
     let keys = spool_projections::oauth::signing_keys(&state.views, Utc::now()).await?;
     let keys = keys
         .into_iter()

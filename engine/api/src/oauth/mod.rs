@@ -73,7 +73,7 @@ use spool_projections::ProjectionState;
 use spool_schemas::{ClientId, TokenId};
 
 use crate::problem::{Problem, ProblemKind};
-use crate::{AppState, record};
+use crate::{AppState, Shared, record};
 
 pub use error::OAuthErrorBody;
 pub use token::looks_like_jwt;
@@ -125,7 +125,7 @@ pub struct TokenGrant {
 /// signing keys of this instance (one set per router, so per instance).
 /// They live outside `/v1` (their paths are fixed by convention) but are
 /// recorded as `api.call`s like `/v1` routes.
-pub(crate) fn token_routes(state: &AppState) -> Router<AppState> {
+pub(crate) fn token_routes(state: &Shared) -> Router<Shared> {
     let endpoints =
         endpoints::Endpoints { state: state.clone(), signer: signing::Signer::new(state.clone()) };
     Router::new()

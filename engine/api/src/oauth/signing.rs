@@ -31,7 +31,7 @@ use spool_schemas::{
 };
 
 use super::token::{AccessClaims, TOKEN_TYPE};
-use crate::AppState;
+use crate::Shared;
 use crate::problem::{Problem, ProblemKind};
 
 /// The JWK parameters of every key this server makes (RFC 8037).
@@ -46,7 +46,7 @@ const PUBLISH_AHEAD: u32 = 4;
 /// Signs access tokens; cheap to clone (clones share the keys).
 #[derive(Clone)]
 pub(crate) struct Signer {
-    state: AppState,
+    state: Shared,
     keys: Arc<std::sync::Mutex<Keys>>,
     /// Taken by requests that find no key to sign with, so that one of
     /// them makes it. Never taken by a request that has a key.
@@ -77,7 +77,7 @@ struct SigningKey {
 }
 
 impl Signer {
-    pub(crate) fn new(state: AppState) -> Signer {
+    pub(crate) fn new(state: Shared) -> Signer {
         Signer { state, keys: Arc::default(), making: Arc::default() }
     }
 

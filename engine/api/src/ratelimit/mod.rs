@@ -70,7 +70,7 @@ use spool_schemas::{KeyId, RateLimit, TenantId};
 use utoipa::ToSchema;
 
 use crate::problem::{ProblemBody, ProblemKind};
-use crate::{AppState, Caller};
+use crate::{Caller, Shared};
 
 pub use store::{SharedStore, StoreError};
 
@@ -330,7 +330,7 @@ fn whole_seconds(duration: Duration) -> u64 {
 /// the router's limiter.
 #[derive(Clone)]
 pub(crate) struct LimitLayer {
-    pub(crate) state: AppState,
+    pub(crate) state: Shared,
     pub(crate) limiter: RateLimiter,
 }
 

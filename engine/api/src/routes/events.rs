@@ -25,7 +25,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::{EventView, cursor, event_filter, is_app_event, query};
-use crate::{AppState, Caller, DEFAULT_PAGE, MAX_BATCH_EVENTS, MAX_PAGE};
+use crate::{AppState, Caller, DEFAULT_PAGE, MAX_BATCH_EVENTS, MAX_PAGE, Shared};
 
 /// How many reads one page may take before it answers with what it has
 /// (and `has_more`), so a sparse filter over a long log stays bounded.
@@ -173,7 +173,7 @@ impl ClientId {
     security(("api_key" = ["events:write"]), ("oauth2" = ["events:write"])),
 )]
 pub(crate) async fn ingest(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -457,7 +457,7 @@ pub struct EventPage {
     security(("api_key" = ["events:read"]), ("oauth2" = ["events:read"])),
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     list_query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<EventPage>, Problem> {

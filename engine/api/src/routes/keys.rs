@@ -30,7 +30,7 @@ use crate::commands::{self, KeyOptions, KeyState};
 use crate::keys::Mode;
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::query;
-use crate::{AppState, Caller};
+use crate::{AppState, Caller, Shared};
 
 /// The longest grace period a roll may give the old secret: 7 days.
 pub const MAX_GRACE_PERIOD_SECONDS: u64 = 7 * 24 * 3600;
@@ -184,7 +184,7 @@ impl KeyView {
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Problem> {
@@ -266,7 +266,7 @@ fn key_options(caller: &Caller, request: CreateKeyRequest) -> Result<KeyOptions,
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn list(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     list_query: Result<Query<ListKeysQuery>, QueryRejection>,
 ) -> Result<Json<KeyList>, Problem> {
@@ -308,7 +308,7 @@ pub(crate) async fn list(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn show(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, Problem> {
@@ -342,7 +342,7 @@ pub(crate) async fn show(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn revoke(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<KeyView>, Problem> {
@@ -381,7 +381,7 @@ pub(crate) async fn revoke(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn roll(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,

@@ -9,7 +9,7 @@ use serde::Serialize;
 use spool_projections::ProjectionState;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::Shared;
 use crate::problem::{Problem, ProblemKind};
 
 #[derive(Serialize, ToSchema)]
@@ -71,7 +71,7 @@ pub struct ProjectionView {
             example = json!({"status": "not ready", "partitions": [0], "projections": [{"name": "usage", "version": 1, "checkpoint": "40", "head": "120", "lag": 80, "state": "building"}]})),
     ),
 )]
-pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
     let runner = state.runner.get();
     let projections: Vec<ProjectionView> = runner
         .status()
@@ -108,7 +108,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String,
         example = json!("# TYPE spool_events_ingested_total counter\nspool_events_ingested_total 1200\n"))),
 )]
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     let text = state.metrics.as_ref().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

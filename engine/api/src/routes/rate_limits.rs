@@ -32,7 +32,7 @@ use utoipa::ToSchema;
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::ratelimit::{self, RateLimiter};
-use crate::{AppState, Caller};
+use crate::{AppState, Caller, Shared};
 
 /// How long an answer waits for this instance's `rate_limits` projection
 /// to apply the change before answering anyway (it is stored either way).
@@ -155,7 +155,7 @@ impl KeyLimitView {
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn list_tiers(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(limiter): Extension<RateLimiter>,
     caller: Caller,
 ) -> Result<Json<TierList>, Problem> {
@@ -194,7 +194,7 @@ pub(crate) async fn list_tiers(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn set_tier(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(limiter): Extension<RateLimiter>,
     caller: Caller,
     Path(tier): Path<String>,
@@ -231,7 +231,7 @@ pub(crate) async fn set_tier(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn show_key(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(limiter): Extension<RateLimiter>,
     caller: Caller,
     Path(id): Path<String>,
@@ -268,7 +268,7 @@ pub(crate) async fn show_key(
     security(("api_key" = ["admin"]), ("oauth2" = ["admin"])),
 )]
 pub(crate) async fn set_key(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Extension(limiter): Extension<RateLimiter>,
     caller: Caller,
     Path(id): Path<String>,

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::{query, type_filter};
-use crate::{AppState, Caller};
+use crate::{Caller, Shared};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +68,7 @@ pub struct MinuteCountView {
     security(("api_key" = ["events:read"]), ("oauth2" = ["events:read"])),
 )]
 pub(crate) async fn event_counts(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     stats_query: Result<Query<StatsQuery>, QueryRejection>,
 ) -> Result<Json<EventCounts>, Problem> {

@@ -34,7 +34,7 @@ use utoipa::IntoParams;
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::{EventView, cursor, event_filter, is_app_event, query};
-use crate::{AppState, Caller, auth};
+use crate::{Caller, Shared, auth};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +73,7 @@ pub struct StreamQuery {
     security(("api_key" = ["events:read"]), ("oauth2" = ["events:read"])),
 )]
 pub(crate) async fn stream(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     headers: HeaderMap,
     stream_query: Result<Query<StreamQuery>, QueryRejection>,
@@ -184,7 +184,7 @@ fn error_event(problem: &Problem) -> SseEvent {
 /// `exp`), or at the first periodic check that finds it revoked, rolled
 /// away, deleted (or cannot tell). Each check also learns the end anew,
 /// since a roll after the stream opened brings it closer.
-async fn key_invalid(state: AppState, caller: Caller) {
+async fn key_invalid(state: Shared, caller: Caller) {
     let interval = state.options.sse_key_recheck;
     let mut ends_at = caller.expires_at;
     loop {

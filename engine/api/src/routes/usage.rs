@@ -28,7 +28,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::problem::{Problem, ProblemBody, ProblemKind};
 use crate::routes::query;
-use crate::{AppState, Caller};
+use crate::{Caller, Shared};
 
 /// The query string. Times are parsed here rather than by serde, so that
 /// an error names the parameter.
@@ -138,7 +138,7 @@ const CSV: &str = "text/csv; charset=utf-8";
     security(("api_key" = ["usage:read"]), ("oauth2" = ["usage:read"])),
 )]
 pub(crate) async fn usage(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     caller: Caller,
     headers: HeaderMap,
     params: Result<Query<UsageParams>, QueryRejection>,
