@@ -83,7 +83,8 @@ pub trait Projection: Send + Sync + 'static {
     /// The event types this projection applies (their `TYPE` constants),
     /// if not every type: the runner then reads only those, instead of
     /// decoding every event of the log only for `apply` to skip it. Its
-    /// checkpoint still moves past the others.
+    /// checkpoint still moves past the others. `None` (or an empty list)
+    /// reads every event.
     fn event_types(&self) -> Option<&'static [&'static str]> {
         None
     }

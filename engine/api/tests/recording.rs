@@ -155,20 +155,7 @@ async fn the_recorder_retries_a_failed_append_until_it_is_stored() {
     let recorder = Recorder::new(log, options);
     let handle = recorder.handle();
     for status in [200, 201, 401] {
-        handle
-            .record(NewEvent::new(
-                TenantId::SYSTEM,
-                StreamName::for_api_calls(None),
-                Event::ApiCall(ApiCall {
-                    key_id: None,
-                    client_id: None,
-                    method: "GET".into(),
-                    route: "/v1/events".into(),
-                    status,
-                    latency_us: 1,
-                }),
-            ))
-            .await;
+        handle.record(record_of(status)).await;
     }
     drop(handle);
     let report = tokio::time::timeout(WAIT, recorder.run(std::future::pending())).await.unwrap();
