@@ -137,16 +137,16 @@ pub struct AppState {
     pub usage_cache: UsageCache,
 }
 
-/// The whole API: `/v1` routes (authenticated, each request recorded as an
-/// `api.call` event), the OAuth token endpoints (`/oauth/*`, recorded, with
-/// this router's own signing keys: see [`oauth`]) and the ops routes
-/// (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`,
-/// `/.well-known/jwks.json`; neither authenticated nor recorded).
 /// The state as handlers and middleware get it: one clone per request and
 /// layer, so one reference count instead of a copy of every field (which
 /// was a tenth of a request's CPU under the load bench).
 pub type Shared = Arc<AppState>;
 
+/// The whole API: `/v1` routes (authenticated, each request recorded as an
+/// `api.call` event), the OAuth token endpoints (`/oauth/*`, recorded, with
+/// this router's own signing keys: see [`oauth`]) and the ops routes
+/// (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`,
+/// `/.well-known/jwks.json`; neither authenticated nor recorded).
 pub fn router(state: AppState) -> Router {
     let state: Shared = Arc::new(state);
     let limiter = RateLimiter::new(&state.options.rate_limits, state.views.clone());
