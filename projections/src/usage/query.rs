@@ -291,10 +291,11 @@ pub async fn query(views: &Views, tenant: TenantId, query: &UsageQuery) -> Resul
     Ok(rows.into_values().collect())
 }
 
-/// `bucket:count`, as [`select`] aggregates them.
+/// `bucket:count`, as [`select`] aggregates them. A negative count can only
+/// be a corrupt row: `None`, so that the caller reports it, never zero.
 fn parse_bucket(pair: &str) -> Option<(i64, u64)> {
     let (bucket, count) = pair.split_once(':')?;
-    Some((bucket.parse().ok()?, count.parse::<i64>().ok()?.max(0) as u64))
+    Some((bucket.parse().ok()?, count.parse().ok()?))
 }
 
 /// The answer's row of `group`, from its minutes' sums (from column
@@ -407,4 +408,18 @@ fn count(row: &AnyRow, index: usize) -> Result<u64> {
 fn ceil_seconds(instant: DateTime<Utc>) -> i64 {
     let seconds = instant.timestamp();
     if instant.timestamp_subsec_nanos() > 0 { seconds + 1 } else { seconds }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bucket;
+
+    #[test]
+    fn a_bucket_pair_is_read_and_a_negative_or_malformed_one_is_refused() {
+        assert_eq!(parse_bucket("-12:3"), Some((-12, 3)));
+        assert_eq!(parse_bucket("7:0"), Some((7, 0)));
+        assert_eq!(parse_bucket("7:-3"), None);
+        assert_eq!(parse_bucket("7"), None);
+        assert_eq!(parse_bucket("x:1"), None);
+    }
 }
