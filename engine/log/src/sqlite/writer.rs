@@ -117,7 +117,12 @@ impl Writer {
              PRAGMA temp_store = MEMORY;",
         )?;
         connection.execute_batch(SCHEMA)?;
-        preallocate_wal(&connection, path)?;
+        if let Err(error) = preallocate_wal(&connection, path) {
+            // Slower syncs until the WAL first starts over, nothing worse:
+            // not a reason to refuse the log (on a nearly full disk, say,
+            // where an operator may need the CLI most).
+            tracing::warn!(%error, "the log's WAL is not preallocated");
+        }
         let mut writer = Writer {
             connection,
             head: Position::ZERO,
