@@ -166,6 +166,10 @@ impl Views {
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // A PostgreSQL connection may have died idle (a server restart)
+            // and is tested before use; a SQLite file cannot drop one, and
+            // the test was a round trip to its thread per query.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

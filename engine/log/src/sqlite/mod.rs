@@ -134,6 +134,10 @@ impl SqliteLog {
 
         let readers = SqlitePoolOptions::new()
             .max_connections(options.read_connections.max(1))
+            // A local file cannot drop a connection: pinging each one as it
+            // is taken from the pool was one more round trip to its thread
+            // per read.
+            .test_before_acquire(false)
             .connect_with(base.read_only(true).row_buffer_size(4_096))
             .await?;
         if options.read_only {
