@@ -22,9 +22,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, TimeDelta, Utc};
 use utoipa::openapi::path::Operation;
@@ -228,19 +227,20 @@ fn value(text: String) -> HeaderValue {
     HeaderValue::try_from(text).expect("dates and numbers are valid header values")
 }
 
-/// The middleware around every `/v1` route: adds the headers to the
-/// responses of deprecated routes, whatever their status.
-pub(crate) async fn announce(
-    State(deprecations): State<Deprecations>,
+/// Part of the middleware around every `/v1` route (see
+/// [`crate::platform`]): adds the headers to the responses of deprecated
+/// routes, whatever their status.
+pub(crate) async fn announce<Fut: Future<Output = Response>>(
+    deprecations: &Deprecations,
     request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> Fut,
 ) -> Response {
     let deprecation = request
         .extensions()
         .get::<MatchedPath>()
         .and_then(|route| deprecations.find(request.method(), route.as_str()));
     let Some(deprecation) = deprecation else {
-        return next.run(request).await;
+        return next(request).await;
     };
     metrics::counter!(
         "spool_api_deprecated_requests_total",
@@ -248,7 +248,7 @@ pub(crate) async fn announce(
         "route" => deprecation.route,
     )
     .increment(1);
-    let mut response = next.run(request).await;
+    let mut response = next(request).await;
     for (name, value) in &deprecation.headers {
         response.headers_mut().append(name.clone(), value.clone());
     }

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -141,11 +141,7 @@ impl Idempotency {
 
 /// The middleware around every `/v1` route. Requests without the header,
 /// or with a method it does not cover, pass through untouched.
-pub(crate) async fn idempotent(
-    State(layer): State<Idempotency>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn idempotent(layer: &Idempotency, request: Request, next: Next) -> Response {
     let covered = matches!(*request.method(), Method::POST | Method::PATCH)
         && request.headers().contains_key(IDEMPOTENCY_KEY)
         && request.extensions().get::<MatchedPath>().is_some();

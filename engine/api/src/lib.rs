@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod oauth;
 mod openapi;
+mod platform;
 pub mod problem;
 pub mod ratelimit;
 pub mod record;
@@ -170,21 +171,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
-            idempotency::Idempotency::new(state.clone()),
-            idempotency::idempotent,
-        ))
-        // Inside the recorder, so that a `429` is recorded with its key;
-        // outside idempotency, so that a refused request stores nothing.
-        .layer(middleware::from_fn_with_state(
-            ratelimit::LimitLayer { state: state.clone(), limiter: limiter.clone() },
-            ratelimit::limit,
-        ))
-        .layer(axum::Extension(limiter))
-        .layer(middleware::from_fn_with_state(
-            state.options.deprecations.clone(),
-            deprecation::announce,
-        ))
-        .layer(middleware::from_fn_with_state(state.clone(), record::record_call));
+            Arc::new(platform::Platform {
+                state: state.clone(),
+                limiter,
+                idempotency: idempotency::Idempotency::new(state.clone()),
+            }),
+            platform::platform,
+        ));
     let ops = Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))

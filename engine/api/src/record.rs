@@ -254,11 +254,21 @@ impl RecorderHandle {
 /// response was ready (nginx's convention; no response was sent).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-/// The middleware around every `/v1` route (and the fallback).
-pub(crate) async fn record_call(
+/// The middleware around the OAuth token routes, which only records.
+pub(crate) async fn recorded(
     State(state): State<Shared>,
-    mut request: Request,
+    request: Request,
     next: Next,
+) -> Response {
+    record_call(&state, request, |request| next.run(request)).await
+}
+
+/// The outermost part of the middleware around every `/v1` route and the
+/// fallback (see [`crate::platform`]).
+pub(crate) async fn record_call<Fut: Future<Output = Response>>(
+    state: &Shared,
+    mut request: Request,
+    next: impl FnOnce(Request) -> Fut,
 ) -> Response {
     let route = request
         .extensions()
@@ -275,7 +285,7 @@ pub(crate) async fn record_call(
         sent: false,
     };
     request.extensions_mut().insert(call.slot.clone());
-    let response = next.run(request).await;
+    let response = next(request).await;
     call.finish(response.status().as_u16()).await;
     response
 }

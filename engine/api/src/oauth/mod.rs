@@ -135,7 +135,7 @@ pub(crate) fn token_routes(state: &Shared) -> Router<Shared> {
         .method_not_allowed_fallback(crate::routes::ops::method_not_allowed)
         .with_state(endpoints)
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), record::record_call))
+        .layer(middleware::from_fn_with_state(state.clone(), record::recorded))
 }
 
 /// The issuer: the public base URL, without a trailing slash, so that

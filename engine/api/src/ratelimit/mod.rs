@@ -60,9 +60,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use spool_projections::Views;
@@ -326,32 +325,26 @@ fn whole_seconds(duration: Duration) -> u64 {
     duration.as_micros().div_ceil(1_000_000) as u64
 }
 
-/// What the middleware needs: the app's state (for authentication) and
-/// the router's limiter.
-#[derive(Clone)]
-pub(crate) struct LimitLayer {
-    pub(crate) state: Shared,
-    pub(crate) limiter: RateLimiter,
-}
-
-/// The middleware around the recorded `/v1` routes, inside the recorder
+/// Part of the middleware around the recorded `/v1` routes (see
+/// [`crate::platform`]), inside the recorder
 /// (so a `429` is still recorded as an `api.call`, with its key): it
 /// authenticates the request once (the handler's `Caller` extractor reuses
 /// the outcome), counts it against its key's policy or, without a valid
 /// credential, its address's, and either refuses it or adds the headers to
 /// whatever the handler answers.
-pub(crate) async fn limit(
-    State(layer): State<LimitLayer>,
+pub(crate) async fn limit<Fut: Future<Output = Response>>(
+    state: &Shared,
+    limiter: &RateLimiter,
     request: Request,
-    next: Next,
+    next: impl FnOnce(Request) -> Fut,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let caller = Caller::from_request_parts(&mut parts, &layer.state).await;
+    let caller = Caller::from_request_parts(&mut parts, state).await;
     let decision = match &caller {
-        Ok(caller) => layer.limiter.check(caller).await,
+        Ok(caller) => limiter.check(caller).await,
         Err(_) => {
             let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>();
-            layer.limiter.check_anonymous(peer.map(|info| anonymous_bucket(info.0.ip())))
+            limiter.check_anonymous(peer.map(|info| anonymous_bucket(info.0.ip())))
         }
     };
     if decision.is_refused() {
@@ -363,7 +356,7 @@ pub(crate) async fn limit(
         };
         return decision.refusal(&who);
     }
-    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let mut response = next(Request::from_parts(parts, body)).await;
     decision.write_headers(response.headers_mut());
     response
 }
