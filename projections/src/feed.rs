@@ -39,9 +39,12 @@ const PARALLEL_READS: usize = 3;
 /// second; read each time, every projection would run a read and a
 /// transaction per commit, a few events each, and that work grew with the
 /// request rate of the API until it was a fifth of the server's CPU. This
-/// bounds it to a hundred per second per projection, for a read model at
-/// most this much later.
-const LIVE_GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+/// bounds it to twenty per second per projection, for a read model at most
+/// this much later. At 10 ms (a hundred per second), the reads and
+/// transactions of the five built-in projections were still about a sixth
+/// of the CPU per `POST /v1/events` under the load benchmark; 100 ms
+/// saved nothing more.
+const LIVE_GATHER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Consecutive events of one partition of the log.
 pub(crate) struct Batch {
