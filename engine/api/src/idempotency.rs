@@ -139,8 +139,9 @@ impl Idempotency {
     }
 }
 
-/// The middleware around every `/v1` route. Requests without the header,
-/// or with a method it does not cover, pass through untouched.
+/// The innermost part of the middleware around every `/v1` route (see
+/// [`crate::platform`]). Requests without the header, or with a method it
+/// does not cover, pass through untouched.
 pub(crate) async fn idempotent(layer: &Idempotency, request: Request, next: Next) -> Response {
     let covered = matches!(*request.method(), Method::POST | Method::PATCH)
         && request.headers().contains_key(IDEMPOTENCY_KEY)
