@@ -195,3 +195,78 @@ async fn a_padded_wal_left_by_a_killed_process_recovers_every_acknowledged_event
     assert_eq!(appended[0].position, Position(501));
     reopened.close().await.unwrap();
 }
+
+/// Reads near the head are served from the events the syncer keeps in
+/// memory. They must be exactly what SQLite returns: every field (the
+/// timestamp at SQLite's microseconds), the filters, the limit, and where
+/// the read stopped. A read-only log keeps nothing in memory, so it reads
+/// the same file through SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_served_from_memory_equal_reads_of_the_file() {
+    use spool_log::{Filter, TypeFilter};
+    use spool_schemas::EventId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open(&path, SqliteOptions::default()).await.unwrap();
+    let tenants = [TenantId::new(), TenantId::new(), TenantId::new()];
+    let types = ["order.created", "order.shipped", "user.signed_up"];
+    for round in 0..30_u64 {
+        let events = (0..(1 + round % 4))
+            .map(|i| {
+                let n = round * 4 + i;
+                let mut event = NewEvent::new(
+                    tenants[(n % 3) as usize],
+                    StreamName::new(format!("s/{}", n % 5)).unwrap(),
+                    Event::App(AppEvent {
+                        event_type: AppEventType::new(types[(n % 3) as usize]).unwrap(),
+                        data: serde_json::json!({ "n": n, "text": "é\"\\\n" }),
+                    }),
+                );
+                // Nanoseconds, which the log keeps to the microsecond.
+                event.recorded_at += chrono::Duration::nanoseconds(n as i64 * 1_001);
+                if n % 2 == 0 {
+                    event.causation_id = Some(EventId::new());
+                    event.correlation_id = Some(EventId::new());
+                }
+                event
+            })
+            .collect();
+        log.append(Append::new(events)).await.unwrap();
+    }
+    let head = *log.head(0).borrow();
+    let file = SqliteLog::open(&path, SqliteOptions { read_only: true, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(*file.head(0).borrow(), head);
+
+    let stream = StreamName::new("s/2").unwrap();
+    let filters = [
+        Filter::default(),
+        Filter::tenant(tenants[1]),
+        Filter { stream: Some(stream.clone()), ..Filter::default() },
+        Filter { tenant: Some(tenants[2]), stream: Some(stream), ..Filter::default() },
+        Filter { types: vec![TypeFilter::Exact("order.shipped".into())], ..Filter::default() },
+        Filter { types: vec![TypeFilter::parse("order.*")], ..Filter::default() },
+        Filter {
+            tenant: Some(tenants[0]),
+            types: vec![TypeFilter::parse("user.signed_up"), TypeFilter::parse("order.created")],
+            ..Filter::default()
+        },
+    ];
+    let mut compared = 0;
+    for filter in &filters {
+        for limit in [1, 3, 1_000] {
+            for after in 0..=head.0 {
+                let after = Position(after);
+                let memory = log.read(0, after, limit, filter).await.unwrap();
+                let sqlite = file.read(0, after, limit, filter).await.unwrap();
+                assert_eq!(memory, sqlite, "after {after}, limit {limit}, {filter:?}");
+                compared += memory.events.len();
+            }
+        }
+    }
+    assert!(compared > 1_000, "the reads found too few events to compare: {compared}");
+    file.close().await.unwrap();
+    log.close().await.unwrap();
+}

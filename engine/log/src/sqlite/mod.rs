@@ -11,6 +11,7 @@
 //! every index grows at its right edge or stays small.
 
 mod checkpoint;
+mod recent;
 mod rows;
 mod sync;
 mod writer;
@@ -28,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::{Append, Appended, Error, Filter, Log, ReadBatch, Result, StoredEvent, TypeFilter};
 
 use checkpoint::{Checkpointer, Checkpoints};
+use recent::Recent;
 use rows::{StreamNames, batch_query};
 use sync::Wal;
 use writer::{Queued, WriteRequest, Writer};
@@ -79,6 +81,8 @@ pub struct SqliteLog {
     writer_done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
     readers: SqlitePool,
     names: StreamNames,
+    /// The newest published events, which serve reads near the head.
+    recent: Arc<Recent>,
     head: Arc<watch::Sender<Position>>,
     foreign_poll: JoinHandle<()>,
 }
@@ -161,6 +165,7 @@ impl SqliteLog {
         };
         let head = Arc::new(watch::Sender::new(head_position));
         let committed_head = Arc::new(AtomicU64::new(head_position.0));
+        let recent = Arc::new(Recent::default());
         let writer_done = match writer {
             Some((writer, checkpointer, receiver)) => Some(spawn_writer_thread(
                 writer,
@@ -169,6 +174,7 @@ impl SqliteLog {
                 committed_head.clone(),
                 wal.clone(),
                 head.clone(),
+                recent.clone(),
             )?),
             None => None,
         };
@@ -183,6 +189,7 @@ impl SqliteLog {
             writer_done: tokio::sync::Mutex::new(writer_done),
             readers,
             names: StreamNames::default(),
+            recent,
             head,
             foreign_poll,
         })
@@ -217,6 +224,7 @@ fn spawn_writer_thread(
     committed_head: Arc<AtomicU64>,
     wal: Option<Arc<Wal>>,
     head: Arc<watch::Sender<Position>>,
+    recent: Arc<Recent>,
 ) -> Result<oneshot::Receiver<()>> {
     let cannot_start =
         |error: std::io::Error| Error::Unavailable(format!("cannot start the log writer: {error}"));
@@ -230,7 +238,7 @@ fn spawn_writer_thread(
     std::thread::Builder::new()
         .name("spool-log-sync".to_owned())
         .spawn(move || {
-            sync::run(to_sync, wal, head);
+            sync::run(to_sync, wal, head, recent);
             let _ = checkpointer.join();
             let _ = done.send(());
         })
@@ -331,6 +339,9 @@ impl Log for SqliteLog {
         let upper = Position(after.0.saturating_add(READ_WINDOW).min(head.0));
         if upper <= after || limit == 0 {
             return Ok(ReadBatch { events: Vec::new(), scanned_to: after.max(upper.min(after)) });
+        }
+        if let Some(batch) = self.recent.read(after, upper, limit, filter) {
+            return Ok(batch);
         }
         let mut sql = "WHERE e.position > ? AND e.position <= ?".to_owned();
         match (filter.tenant.is_some(), filter.stream.is_some()) {

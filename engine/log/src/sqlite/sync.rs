@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use spool_schemas::Position;
 use tokio::sync::watch;
 
-use super::writer::Reply;
+use super::recent::Recent;
+use super::writer::{Reply, Written};
 use crate::{Appended, Error, Result};
 
 /// The log's write-ahead file, for syncing it.
@@ -86,15 +87,19 @@ pub(super) fn wal_path(database: &std::path::Path) -> PathBuf {
 pub(super) struct Committed {
     pub(super) head: Position,
     pub(super) answers: Vec<(Reply, Result<Vec<Appended>>)>,
+    /// The events the group wrote, in position order.
+    pub(super) written: Vec<Written>,
 }
 
 /// Syncs, publishes and answers, in commit order, until the writer stops.
-/// `wal` is `None` when appends are acknowledged without an fsync. Blocks:
-/// runs on a thread of its own, so an fsync never holds up the writer.
+/// `wal` is `None` when appends are acknowledged without an fsync. What it
+/// publishes goes to `recent` first. Blocks: runs on a thread of its own,
+/// so an fsync never holds up the writer.
 pub(super) fn run(
     committed: std::sync::mpsc::Receiver<Committed>,
     wal: Option<Arc<Wal>>,
     head: Arc<watch::Sender<Position>>,
+    recent: Arc<Recent>,
 ) {
     while let Ok(first) = committed.recv() {
         let mut groups = vec![first];
@@ -109,6 +114,8 @@ pub(super) fn run(
         let error = match synced {
             Ok(()) => {
                 let newest = groups.iter().map(|group| group.head).max().unwrap_or_default();
+                // Before the head: a reader bounded by it finds them all.
+                recent.extend(groups.iter().flat_map(|group| &group.written).map(Written::stored));
                 crate::tail::advance_head(&head, newest);
                 None
             }
@@ -121,6 +128,9 @@ pub(super) fn run(
             }
         };
         for group in groups {
+            // Let go of the requests before answering, so that each caller
+            // holds the last handle and frees its events on its own task.
+            drop(group.written);
             for (reply, answer) in group.answers {
                 let answer = match (&error, answer) {
                     (Some(error), Ok(_)) => Err(error.clone()),

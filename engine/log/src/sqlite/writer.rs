@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::DateTime;
 use rusqlite::{Connection, OptionalExtension, params};
 use spool_schemas::{EventId, Position, StreamName, TenantId};
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +25,7 @@ use super::checkpoint::{Checkpoints, RESTART_FRAMES, passive_checkpoint};
 use super::sync::{Committed, wal_path};
 
 use crate::plan::{Plan, plan};
-use crate::{Append, Appended, Error, Result};
+use crate::{Append, Appended, Error, Result, StoredEvent};
 
 /// Bound on the stream cache; past it the cache starts over.
 const MAX_CACHED_STREAMS: usize = 100_000;
@@ -69,6 +70,40 @@ impl WriteRequest {
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>>>;
+
+/// Each request's answer, and the events the group wrote.
+type GroupWritten = (Vec<Result<Vec<Appended>>>, Vec<Written>);
+
+/// One event of a committed group: its request, its index there, and where
+/// it was stored. The syncer makes it the event readers get (see `recent`).
+pub(super) struct Written {
+    request: Arc<WriteRequest>,
+    index: usize,
+    at: Appended,
+}
+
+impl Written {
+    /// The event as a read of SQLite returns it.
+    pub(super) fn stored(&self) -> StoredEvent {
+        let event = &self.request.append.events[self.index];
+        let encoded = &self.request.encoded[self.index];
+        StoredEvent {
+            partition: 0,
+            position: self.at.position,
+            id: event.id,
+            tenant: event.tenant,
+            stream: event.stream.clone(),
+            stream_version: self.at.stream_version,
+            recorded_at: DateTime::from_timestamp_micros(encoded.recorded_at_us)
+                .expect("a timestamp's microseconds convert back"),
+            causation_id: event.causation_id,
+            correlation_id: event.correlation_id,
+            type_name: encoded.type_name.clone(),
+            version: encoded.version as u32,
+            data: encoded.data.clone(),
+        }
+    }
+}
 
 /// An append waiting for the writer, with where to send its answer. The
 /// caller keeps a handle on the request too (see `SqliteLog::append`).
@@ -191,7 +226,7 @@ impl Writer {
             }
             let (requests_in_group, replies): (Vec<Arc<WriteRequest>>, Vec<Reply>) =
                 group.into_iter().unzip();
-            let answers = self.write_group(&requests_in_group);
+            let (answers, written) = self.write_group(&requests_in_group);
             // Let go before anyone is answered, so that each caller holds
             // the last handle and frees its events on its own task.
             drop(requests_in_group);
@@ -202,7 +237,7 @@ impl Writer {
             let answers = replies.into_iter().zip(answers).collect();
             // The syncer outlives the writer; if it is gone the process is
             // going down and the callers learn it from their dropped replies.
-            let _ = committed.send(Committed { head: self.head, answers });
+            let _ = committed.send(Committed { head: self.head, answers, written });
             checkpoints.committed();
         }
     }
@@ -212,19 +247,19 @@ impl Writer {
     /// Optimistic about event ids: most are fresh, so the first attempt lets
     /// the unique index on `id` find duplicates instead of looking every id
     /// up; if it finds one, the group is redone with every id looked up.
-    fn write_group(&mut self, group: &[Arc<WriteRequest>]) -> Vec<Result<Vec<Appended>>> {
+    fn write_group(&mut self, group: &[Arc<WriteRequest>]) -> GroupWritten {
         let mut look_up_ids = false;
         loop {
             if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
-                return fail_all(group, error.into());
+                return (fail_all(group, error.into()), Vec::new());
             }
             let attempt = self.try_write_group(group, look_up_ids);
             let attempt = match attempt {
-                Ok(answers) => self.connection.execute_batch("COMMIT").map(|()| answers),
+                Ok(done) => self.connection.execute_batch("COMMIT").map(|()| done),
                 Err(error) => Err(error),
             };
             match attempt {
-                Ok(answers) => return answers,
+                Ok(done) => return done,
                 Err(error) => {
                     // The caches may hold what is rolled back here.
                     let _ = self.connection.execute_batch("ROLLBACK");
@@ -233,7 +268,7 @@ impl Writer {
                         look_up_ids = true;
                         continue;
                     }
-                    return fail_all(group, error.into());
+                    return (fail_all(group, error.into()), Vec::new());
                 }
             }
         }
@@ -245,7 +280,7 @@ impl Writer {
         &mut self,
         group: &[Arc<WriteRequest>],
         look_up_ids: bool,
-    ) -> rusqlite::Result<Vec<Result<Vec<Appended>>>> {
+    ) -> rusqlite::Result<GroupWritten> {
         // Another process (the `spool` CLI, say) may have appended since our
         // last commit; the write lock is held now, so this check is exact.
         if self.stale || self.db_head()? != self.head {
@@ -261,6 +296,7 @@ impl Writer {
 
         let mut next = self.head.next();
         let mut answers = Vec::with_capacity(group.len());
+        let mut written = Vec::new();
         let mut insert_event = self.connection.prepare_cached(INSERT_EVENT)?;
         let mut insert_stream = self.connection.prepare_cached(INSERT_STREAM)?;
         for request in group {
@@ -315,13 +351,14 @@ impl Writer {
                     encoded.data,
                 ])?;
                 next = result.position.next();
+                written.push(Written { request: request.clone(), index, at: result });
             }
             answers.push(Ok(decided.results));
         }
-        let written = next.0 - 1 - self.head.0;
+        let n_written = next.0 - 1 - self.head.0;
         self.head = Position(next.0 - 1);
-        metrics::counter!("spool_log_appended_events_total").increment(written);
-        Ok(answers)
+        metrics::counter!("spool_log_appended_events_total").increment(n_written);
+        Ok((answers, written))
     }
 
     /// Brings every stream the group touches into the cache.
