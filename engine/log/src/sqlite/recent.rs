@@ -105,7 +105,11 @@ impl Recent {
             return None;
         }
         let start = (after.next().0 - first.0) as usize;
-        let mut events = Vec::new();
+        // Unfiltered, every position examined is an event returned.
+        let mut events = match filter == &Filter::default() {
+            true => Vec::with_capacity(limit.min((upper.0 - after.0) as usize)),
+            false => Vec::new(),
+        };
         for event in window.events.range(start..) {
             if event.position > upper {
                 break;
